@@ -1,0 +1,84 @@
+"""trio_llmstream: a trio-native, structured-concurrency runtime for streaming LLM chat completions.
+
+::
+
+    async with open_llm_stream(llm, chat_ctx=ctx) as stream:
+        async for chunk in stream:
+            print(chunk.text, end="")
+
+Everything public is re-exported here from private modules.
+"""
+
+from ._exceptions import APIConnectionError as APIConnectionError
+from ._exceptions import APIError as APIError
+from ._exceptions import APIStatusError as APIStatusError
+from ._exceptions import APITimeoutError as APITimeoutError
+from ._exceptions import LLMStreamError as LLMStreamError
+from ._exceptions import ProviderError as ProviderError
+from ._exceptions import RetriesExhaustedError as RetriesExhaustedError
+from ._exceptions import StreamInterrupted as StreamInterrupted
+from ._exceptions import StreamProtocolError as StreamProtocolError
+from ._exceptions import StreamTruncatedError as StreamTruncatedError
+from ._llm import LLM as LLM
+from ._llm import AttemptInfo as AttemptInfo
+from ._llm import ChunkEmitter as ChunkEmitter
+from ._models import AttemptMetrics as AttemptMetrics
+from ._models import ChatChunk as ChatChunk
+from ._models import ChatContext as ChatContext
+from ._models import ChatMessage as ChatMessage
+from ._models import ChatRequest as ChatRequest
+from ._models import ChatRole as ChatRole
+from ._models import Choice as Choice
+from ._models import ChoiceDelta as ChoiceDelta
+from ._models import CollectedChoice as CollectedChoice
+from ._models import CollectedResponse as CollectedResponse
+from ._models import CompletionUsage as CompletionUsage
+from ._models import FunctionCall as FunctionCall
+from ._models import LLMCapabilities as LLMCapabilities
+from ._models import LLMMetrics as LLMMetrics
+from ._models import NamedToolChoice as NamedToolChoice
+from ._models import StreamStatus as StreamStatus
+from ._models import ToolChoice as ToolChoice
+from ._models import ToolSpec as ToolSpec
+from ._options import DEFAULT_API_CONNECT_OPTIONS as DEFAULT_API_CONNECT_OPTIONS
+from ._options import APIConnectOptions as APIConnectOptions
+from ._options import Timeouts as Timeouts
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_API_CONNECT_OPTIONS",
+    "LLM",
+    "APIConnectOptions",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AttemptInfo",
+    "AttemptMetrics",
+    "ChatChunk",
+    "ChatContext",
+    "ChatMessage",
+    "ChatRequest",
+    "ChatRole",
+    "Choice",
+    "ChoiceDelta",
+    "ChunkEmitter",
+    "CollectedChoice",
+    "CollectedResponse",
+    "CompletionUsage",
+    "FunctionCall",
+    "LLMCapabilities",
+    "LLMMetrics",
+    "LLMStreamError",
+    "NamedToolChoice",
+    "ProviderError",
+    "RetriesExhaustedError",
+    "StreamInterrupted",
+    "StreamProtocolError",
+    "StreamStatus",
+    "StreamTruncatedError",
+    "Timeouts",
+    "ToolChoice",
+    "ToolSpec",
+]

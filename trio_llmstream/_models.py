@@ -1,0 +1,331 @@
+"""The public data model: frozen, slotted attrs classes.
+
+The streamed chunk is shaped like livekit-agents' ``ChatChunk`` (``request_id``, ``choices``,
+``usage``) so that its users feel at home. Chunks are built once per wire chunk by the core and
+never mutated afterwards; list-typed fields are lists for familiarity, but treat them as
+read-only.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeAlias
+
+import attrs
+
+__all__ = [
+    "AttemptMetrics",
+    "ChatChunk",
+    "ChatContext",
+    "ChatMessage",
+    "ChatRequest",
+    "ChatRole",
+    "Choice",
+    "ChoiceDelta",
+    "CollectedChoice",
+    "CollectedResponse",
+    "CompletionUsage",
+    "FunctionCall",
+    "LLMCapabilities",
+    "LLMMetrics",
+    "NamedToolChoice",
+    "StreamStatus",
+    "ToolChoice",
+    "ToolSpec",
+]
+
+ChatRole: TypeAlias = Literal["system", "user", "assistant", "tool"]
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+@attrs.frozen
+class FunctionCall:
+    """A complete tool call requested by the model.
+
+    ``arguments`` is the exact raw JSON text the server streamed, fragments joined; it is not
+    parsed or re-serialized here. Calls are only ever delivered once complete.
+    """
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+def _calls_tuple(calls: Iterable[FunctionCall]) -> tuple[FunctionCall, ...]:
+    return tuple(calls)
+
+
+def _check_role(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
+    if value not in _ROLES:
+        raise ValueError(f"role must be one of {sorted(_ROLES)}, not {value!r}")
+
+
+@attrs.frozen
+class ChatMessage:
+    """One message of a conversation.
+
+    ``tool_calls`` are the calls an assistant message made; ``tool_call_id`` (and optionally
+    ``name``) tie a ``tool`` message to the call whose result it carries.
+    """
+
+    role: ChatRole = attrs.field(validator=_check_role)
+    content: str | None = None
+    tool_calls: tuple[FunctionCall, ...] = attrs.field(default=(), converter=_calls_tuple)
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+
+
+@attrs.define
+class ChatContext:
+    """A conversation: an ordered list of messages, grown with the helpers below.
+
+    The one mutable container of the data model (a conversation grows turn by turn); the
+    messages in it are frozen. ``copy()`` gives an independent context.
+    """
+
+    messages: list[ChatMessage] = attrs.field(factory=list)
+
+    @classmethod
+    def from_messages(cls, messages: Iterable[ChatMessage]) -> ChatContext:
+        return cls(list(messages))
+
+    def add_message(
+        self,
+        *,
+        role: ChatRole,
+        content: str | None = None,
+        tool_calls: Sequence[FunctionCall] = (),
+        name: str | None = None,
+    ) -> ChatMessage:
+        """Append a message and return it."""
+        message = ChatMessage(role=role, content=content, tool_calls=tuple(tool_calls), name=name)
+        self.messages.append(message)
+        return message
+
+    def append(self, message: ChatMessage) -> ChatMessage:
+        self.messages.append(message)
+        return message
+
+    def add_tool_result(
+        self, call: FunctionCall | str, output: str, *, name: str | None = None
+    ) -> ChatMessage:
+        """Append the ``tool`` message answering ``call`` (a call or its id)."""
+        if isinstance(call, FunctionCall):
+            call_id, name = call.call_id, name or call.name
+        else:
+            call_id = call
+        message = ChatMessage(role="tool", content=output, tool_call_id=call_id, name=name)
+        self.messages.append(message)
+        return message
+
+    def copy(self) -> ChatContext:
+        return ChatContext(list(self.messages))
+
+
+@attrs.frozen
+class CompletionUsage:
+    """Token counts the server reported. Cached and reasoning counts only when sent."""
+
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+@attrs.frozen
+class ChoiceDelta:
+    """What one chunk adds to one choice.
+
+    ``content`` is answer text, ``reasoning`` the model's reasoning text (``reasoning_content``
+    or ``reasoning`` on the wire), kept apart. ``tool_calls`` holds only *complete* calls.
+    """
+
+    role: ChatRole | None = None
+    content: str | None = None
+    tool_calls: list[FunctionCall] = attrs.field(factory=list)
+    reasoning: str | None = None
+
+
+@attrs.frozen
+class Choice:
+    """One choice's delta. ``finish_reason`` is set on the chunk that ends the choice."""
+
+    delta: ChoiceDelta
+    index: int = 0
+    finish_reason: str | None = None
+
+
+@attrs.frozen
+class ChatChunk:
+    """One streamed chunk: deltas for one or more choices, and usage when the server sent it."""
+
+    request_id: str
+    choices: list[Choice] = attrs.field(factory=list)
+    usage: CompletionUsage | None = None
+
+    @property
+    def delta(self) -> ChoiceDelta | None:
+        """The first choice's delta, or None for a usage-only chunk."""
+        return self.choices[0].delta if self.choices else None
+
+    @property
+    def text(self) -> str:
+        """The first choice's content text in this chunk ("" when there is none)."""
+        if self.choices:
+            return self.choices[0].delta.content or ""
+        return ""
+
+    @property
+    def is_visible(self) -> bool:
+        """True if the chunk carries output a user sees: text, reasoning or a complete call.
+
+        Role-only, usage-only and finish-only chunks are not visible; they do not commit an
+        attempt (see the retry rule in DESIGN.md).
+        """
+        for choice in self.choices:
+            delta = choice.delta
+            if delta.content or delta.reasoning or delta.tool_calls:
+                return True
+        return False
+
+
+@attrs.frozen
+class NamedToolChoice:
+    """Force the model to call the tool named ``name``."""
+
+    name: str
+
+
+ToolChoice: TypeAlias = Literal["auto", "required", "none"] | NamedToolChoice
+
+
+@attrs.frozen
+class LLMCapabilities:
+    """What a provider's endpoint supports."""
+
+    supports_tool_choice: bool = True
+    supports_parallel_tool_calls: bool = True
+    supports_reasoning: bool = False
+    supports_usage_in_stream: bool = True
+
+
+@attrs.frozen
+class ToolSpec:
+    """A tool as the model sees it: name, description and JSON schema of its parameters."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = attrs.field(
+        factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+@attrs.frozen
+class ChatRequest:
+    """Everything one attempt sends; providers turn it into their wire format."""
+
+    messages: tuple[ChatMessage, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None
+    temperature: float | None = None
+    n: int | None = None
+    parallel_tool_calls: bool | None = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class CollectedChoice:
+    """One choice of a response, assembled from its deltas."""
+
+    index: int = 0
+    text: str = ""
+    reasoning: str = ""
+    function_calls: tuple[FunctionCall, ...] = ()
+    finish_reason: str | None = None
+
+
+@attrs.frozen
+class CollectedResponse:
+    """A whole response (or, in ``StreamInterrupted.partial``, what was delivered of it).
+
+    The top-level fields are the first choice's; ``choices`` has every choice when ``n > 1``.
+    """
+
+    text: str = ""
+    reasoning: str = ""
+    function_calls: tuple[FunctionCall, ...] = ()
+    usage: CompletionUsage | None = None
+    finish_reason: str | None = None
+    request_id: str | None = None
+    choices: tuple[CollectedChoice, ...] = ()
+
+
+class StreamStatus(enum.Enum):
+    """How a stream ended. Exactly one per stream."""
+
+    #: Still running (not a terminal status).
+    RUNNING = "running"
+    #: The source finished with ``[DONE]`` or a finish reason.
+    COMPLETED = "completed"
+    #: A typed error ended the stream.
+    FAILED = "failed"
+    #: The consumer left, called ``aclose()``, or the caller's scope was cancelled.
+    CANCELLED = "cancelled"
+    #: The source ended without ``[DONE]`` or a finish reason, after output was delivered
+    #: (an uncommitted truncated attempt is retried instead).
+    TRUNCATED = "truncated"
+
+
+@attrs.frozen
+class AttemptMetrics:
+    """One attempt of a stream.
+
+    ``backoff`` is the delay slept after this attempt before the next one (0 for the last).
+    ``usage`` is what the server reported during this attempt, if anything, also when the
+    attempt failed.
+    """
+
+    attempt: int
+    request_id: str | None
+    duration: float
+    error: BaseException | None = None
+    usage: CompletionUsage | None = None
+    backoff: float = 0.0
+    committed: bool = False
+
+
+@attrs.frozen
+class LLMMetrics:
+    """Metrics of one stream, delivered exactly once whatever the ending.
+
+    ``ttft`` is the time from the stream's start to the first visible output the consumer
+    received, across retries (None if none arrived). ``tokens_per_second`` is completion tokens
+    over the generation window (first visible output to last chunk), None when unknown.
+    """
+
+    label: str
+    request_ids: tuple[str, ...]
+    status: StreamStatus
+    attempts: tuple[AttemptMetrics, ...]
+    ttft: float | None
+    duration: float
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    tokens_per_second: float | None
+    cancelled: bool
+    error: BaseException | None = None
+    timestamp: float = 0.0
+
+    @property
+    def request_id(self) -> str | None:
+        """The request id of the last attempt."""
+        return self.request_ids[-1] if self.request_ids else None
