@@ -1,0 +1,709 @@
+"""The runtime: ``open_llm_stream`` and ``LLMStream``.
+
+Structure. ``open_llm_stream`` opens one nursery in the caller's task. In it runs ``_main``,
+which opens the stream's own cancel scope (so ``aclose()`` can stop the stream without touching
+the caller's code) and an inner nursery holding three kinds of task:
+
+- the *attempt loop*, sole owner of the consumer-facing send channel and of the metrics
+  observation channel; it closes both exactly once, after the last attempt, whatever happens.
+  Each attempt gets an emitter that can send but cannot close, so no provider can end the
+  stream under the next attempt;
+- the *metrics task*, shielded, which drains observations until the loop closes their channel
+  and then delivers exactly one ``LLMMetrics`` (the shield guarantees delivery on cancellation;
+  it cannot hang because the loop always closes the channel when it ends);
+- *tool-call tasks* started by ``execute_functions()``.
+
+Commit point. An attempt commits when the consumer has *received* visible output. The channel
+has no buffer by default, so ``send`` returning means the consumer took the batch. Before the
+commit, non-visible chunks (role, usage, finish) are held back by the emitter and sent together
+with the first visible chunk (or at the attempt's successful end), so a failed uncommitted
+attempt leaves no trace in what the consumer saw, and the consumer receives exactly the chunks
+of the attempt that succeeded or committed.
+
+Batching. A trio channel operation costs a scheduling round (about 3 µs), more than parsing a
+chunk. So the channel carries *batches*: all the chunks decoded from one network read travel
+in one operation, and the consumer pops them from a local list. Exactness of the commit point is
+unchanged: a batch is received whole or not at all.
+
+Timeouts. ``first_token`` and ``idle`` are enforced here by one cancel scope around the attempt
+whose deadline the emitter moves: to ``start + first_token`` until visible output arrives, to
+``last data + idle`` after each read, and to infinity while the emitter waits for the consumer
+(backpressure never counts as the server being slow). When that scope fires, the attempt failed
+with ``APITimeoutError`` naming whichever limit was the nearer one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from ._core._retry import Retry, decide_retry
+from ._exceptions import (
+    APIError,
+    APITimeoutError,
+    RetriesExhaustedError,
+    StreamInterrupted,
+    StreamProtocolError,
+    StreamTruncatedError,
+    TimeoutLimit,
+)
+from ._llm import LLM, AttemptInfo, MetricsCallback
+from ._models import (
+    AttemptMetrics,
+    ChatChunk,
+    ChatContext,
+    ChatRequest,
+    CollectedChoice,
+    CollectedResponse,
+    CompletionUsage,
+    FunctionCall,
+    LLMMetrics,
+    StreamStatus,
+    ToolChoice,
+    ToolSpec,
+)
+from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Timeouts
+from ._tools import FunctionTool, ToolCallHandle, run_tool_call
+
+__all__ = ["LLMStream", "open_llm_stream"]
+
+logger = logging.getLogger("trio_llmstream")
+
+# Chunks without visible output held back before an attempt commits (role, usage, finish...).
+# A real server sends a handful; thousands mean a broken server, answered with a typed error.
+MAX_HELD_CHUNKS = 1024
+
+_system_random = random.Random()
+
+
+class _Accumulator:
+    """Folds delivered chunks into the response so far (per choice), for ``collect()``,
+    ``function_calls`` and ``StreamInterrupted.partial``."""
+
+    __slots__ = ("calls", "finish", "reasoning", "request_id", "text", "usage")
+
+    def __init__(self) -> None:
+        self.text: dict[int, list[str]] = {0: []}
+        self.reasoning: dict[int, list[str]] = {0: []}
+        self.calls: dict[int, list[FunctionCall]] = {0: []}
+        self.finish: dict[int, str | None] = {0: None}
+        self.usage: CompletionUsage | None = None
+        self.request_id: str | None = None
+
+    def add(self, batch: Sequence[ChatChunk]) -> None:
+        text, reasoning = self.text, self.reasoning
+        for chunk in batch:
+            if chunk.usage is not None:
+                self.usage = chunk.usage
+            for choice in chunk.choices:
+                delta = choice.delta
+                index = choice.index
+                if index not in text:
+                    text[index] = []
+                    reasoning[index] = []
+                    self.calls[index] = []
+                    self.finish[index] = None
+                if delta.content:
+                    text[index].append(delta.content)
+                if delta.reasoning:
+                    reasoning[index].append(delta.reasoning)
+                if delta.tool_calls:
+                    self.calls[index].extend(delta.tool_calls)
+                if choice.finish_reason is not None:
+                    self.finish[index] = choice.finish_reason
+        if batch and self.request_id is None:
+            self.request_id = batch[0].request_id
+
+    def all_calls(self) -> list[FunctionCall]:
+        return [call for index in sorted(self.calls) for call in self.calls[index]]
+
+    def collected(self, *, partial: bool = False) -> CollectedResponse:
+        choices = tuple(
+            CollectedChoice(
+                index=index,
+                text="".join(self.text[index]),
+                reasoning="".join(self.reasoning[index]),
+                function_calls=tuple(self.calls[index]),
+                finish_reason=None if partial else self.finish[index],
+            )
+            for index in sorted(self.text)
+        )
+        first = choices[0]
+        return CollectedResponse(
+            text=first.text,
+            reasoning=first.reasoning,
+            function_calls=first.function_calls,
+            usage=self.usage,
+            finish_reason=first.finish_reason,
+            request_id=self.request_id,
+            choices=choices,
+        )
+
+
+class _AttemptEmitter:
+    """What a provider's attempt gets: it can send chunks and nothing else.
+
+    Tracks the attempt's commit state, usage and request id, holds back non-visible chunks until
+    the commit, and moves the attempt scope's deadline for the first-token and idle limits.
+    """
+
+    __slots__ = (
+        "_channel",
+        "_held",
+        "_idle",
+        "_scope",
+        "_stream",
+        "committed",
+        "first_token_deadline",
+        "first_visible_at",
+        "last_chunk_at",
+        "request_id",
+        "started_at",
+        "timeouts",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        stream: LLMStream,
+        channel: trio.MemorySendChannel[list[ChatChunk]],
+        scope: trio.CancelScope,
+        timeouts: Timeouts,
+    ) -> None:
+        self._stream = stream
+        self._channel = channel
+        self._scope = scope
+        self._held: list[ChatChunk] = []
+        self.timeouts = timeouts
+        self._idle = math.inf if timeouts.idle is None else timeouts.idle
+        self.committed = False
+        self.usage: CompletionUsage | None = None
+        self.request_id: str | None = None
+        self.first_visible_at: float | None = None
+        self.last_chunk_at: float | None = None
+        now = trio.current_time()
+        self.started_at = now
+        self.first_token_deadline = (
+            math.inf if timeouts.first_token is None else now + timeouts.first_token
+        )
+        scope.deadline = min(self.first_token_deadline, now + self._idle)
+
+    def fired_limit(self) -> tuple[TimeoutLimit, float]:
+        """Which limit the attempt scope's deadline stood for when it fired."""
+        if self.first_visible_at is None and self._scope.deadline == self.first_token_deadline:
+            assert self.timeouts.first_token is not None
+            return "first_token", self.timeouts.first_token
+        return "idle", self._idle
+
+    async def send(self, chunks: Sequence[ChatChunk]) -> None:
+        now = trio.current_time()
+        if chunks:
+            self.last_chunk_at = now
+            if self.request_id is None:
+                self.request_id = chunks[0].request_id
+            for chunk in chunks:
+                if chunk.usage is not None:
+                    self.usage = chunk.usage
+            if self.committed:
+                await self._deliver(list(chunks))
+            elif any(chunk.is_visible for chunk in chunks):
+                if self.first_visible_at is None:
+                    self.first_visible_at = now
+                batch = self._held + list(chunks)
+                self._held = []
+                await self._deliver(batch)
+                self.committed = True
+                self._stream._on_commit()
+            else:
+                self._held.extend(chunks)
+                if len(self._held) > MAX_HELD_CHUNKS:
+                    raise StreamProtocolError(
+                        f"more than {MAX_HELD_CHUNKS} chunks without any visible output"
+                    )
+            now = trio.current_time()
+        # Data arrived: the idle clock restarts; the first-token clock runs on until visible
+        # output arrives.
+        if self.first_visible_at is None:
+            self._scope.deadline = min(self.first_token_deadline, now + self._idle)
+        else:
+            self._scope.deadline = now + self._idle
+
+    async def _deliver(self, batch: list[ChatChunk]) -> None:
+        # Waiting for the consumer is backpressure, not a slow server: no limit applies.
+        self._scope.deadline = math.inf
+        await self._channel.send(batch)
+        self._stream._acc.add(batch)
+
+    async def finish(self) -> None:
+        """The attempt succeeded: deliver what was held back (an output-less response)."""
+        if self._held:
+            batch, self._held = self._held, []
+            await self._deliver(batch)
+
+
+@attrs.frozen
+class _StreamEnd:
+    status: StreamStatus
+    error: BaseException | None
+    first_visible_at: float | None
+    last_chunk_at: float | None
+
+
+class LLMStream:
+    """A streaming chat completion: an async iterator of ``ChatChunk``.
+
+    Only ``open_llm_stream`` (or ``LLM.stream``) makes one; it lives inside that block. The
+    stream's error, if any, is raised once from iteration as one typed exception, after every
+    chunk delivered before it. After iteration: ``collect()``, ``function_calls``, ``metrics``,
+    ``status``.
+    """
+
+    def __init__(
+        self,
+        *,
+        _token: object,
+        llm: LLM,
+        request: ChatRequest,
+        conn_options: APIConnectOptions,
+        tools: Mapping[str, FunctionTool],
+        on_metrics: Sequence[MetricsCallback],
+        buffer_size: int,
+        rng: random.Random,
+    ) -> None:
+        if _token is not _PRIVATE:
+            raise TypeError("LLMStream has no public constructor; use open_llm_stream()")
+        self._llm = llm
+        self._request = request
+        self._options = conn_options
+        self._tools = tools
+        self._on_metrics = tuple(on_metrics)
+        self._rng = rng
+        self._send, self._recv = trio.open_memory_channel[list[ChatChunk]](buffer_size)
+        self._buf: list[ChatChunk] = []
+        self._pos = 0
+        self._acc = _Accumulator()
+        self._status = StreamStatus.RUNNING
+        self._error: BaseException | None = None
+        self._error_raised = False
+        self._metrics: LLMMetrics | None = None
+        self._finished = trio.Event()
+        self._scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._handles: dict[str, ToolCallHandle] = {}
+        self._started_at = 0.0
+        self._committed_at: float | None = None
+
+    # -- consumer side -------------------------------------------------------------------------
+
+    def __aiter__(self) -> LLMStream:
+        return self
+
+    async def __anext__(self) -> ChatChunk:
+        """The next chunk. Raises the stream's error once, after the chunks before it.
+
+        Cancellation: cancelling a waiting ``__anext__`` loses nothing; the next call resumes.
+        """
+        pos = self._pos
+        buf = self._buf
+        if pos < len(buf):
+            self._pos = pos + 1
+            return buf[pos]
+        try:
+            batch = await self._recv.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            await self._finished.wait()
+            error = self._error
+            if error is not None and not self._error_raised:
+                self._error_raised = True
+                raise error  # noqa: B904 - the stream's own error, not a handling failure
+            raise StopAsyncIteration from None
+        self._buf = batch
+        self._pos = 1
+        return batch[0]
+
+    async def collect(self) -> CollectedResponse:
+        """Consume the rest of the stream and return the whole response.
+
+        Raises the stream's error (e.g. ``StreamInterrupted`` with the partial output). If the
+        error was already raised from iteration, returns what was delivered instead.
+        Cancellation: stops waiting; the stream itself goes on until the block exits.
+        """
+        async for _ in self:
+            pass
+        return self._acc.collected(partial=self._status is not StreamStatus.COMPLETED)
+
+    async def aclose(self) -> None:
+        """Stop the stream now: cancel the attempt and tool calls; metrics are delivered.
+
+        Idempotent. Waits (briefly) for the stream's tasks to wind down; cancelling this wait
+        leaves the block's exit to finish the job.
+        """
+        self._scope.cancel()
+        await self._finished.wait()
+
+    @property
+    def status(self) -> StreamStatus:
+        """``RUNNING`` until the stream ends, then its one terminal status."""
+        return self._status
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that ended the stream, if any."""
+        return self._error
+
+    @property
+    def metrics(self) -> LLMMetrics | None:
+        """The stream's metrics record, once the stream has ended (None before)."""
+        return self._metrics
+
+    @property
+    def request(self) -> ChatRequest:
+        return self._request
+
+    @property
+    def function_calls(self) -> list[FunctionCall]:
+        """Complete tool calls delivered so far, in choice and arrival order."""
+        return self._acc.all_calls()
+
+    def execute_functions(self) -> list[ToolCallHandle]:
+        """Start every delivered function call not started yet, in the stream's nursery.
+
+        Returns a handle per call (already-started calls return their existing handle).
+        Calls still running when the block exits are cancelled and report ``cancelled``.
+        Raises ``RuntimeError`` once the stream's block has exited.
+        """
+        nursery = self._nursery
+        if nursery is None or self._scope.cancel_called:
+            raise RuntimeError("execute_functions() needs the stream's block to be open")
+        handles = []
+        for call in self.function_calls:
+            handle = self._handles.get(call.call_id)
+            if handle is None:
+                handle = self._handles[call.call_id] = ToolCallHandle(call)
+                nursery.start_soon(run_tool_call, handle, self._tools)
+            handles.append(handle)
+        return handles
+
+    # -- producer side -------------------------------------------------------------------------
+
+    def _on_commit(self) -> None:
+        if self._committed_at is None:
+            self._committed_at = trio.current_time()
+
+    async def _main(self) -> None:
+        obs_send, obs_recv = trio.open_memory_channel[AttemptMetrics | _StreamEnd](
+            2 * self._options.max_attempts + 2
+        )
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._metrics_task, obs_recv)
+                nursery.start_soon(self._attempt_loop, obs_send)
+                # Stay open for tool calls started after the response ended; the block's exit
+                # (or aclose) cancels this.
+                await trio.sleep_forever()
+
+    async def _attempt_loop(
+        self, obs: trio.MemorySendChannel[AttemptMetrics | _StreamEnd]
+    ) -> None:
+        options = self._options
+        self._started_at = trio.current_time()
+        errors: list[APIError] = []
+        current: _AttemptEmitter | None = None
+        end: _StreamEnd | None = None
+        in_flight = False  # an attempt started and not yet recorded
+        attempt = 0
+        async with self._send, obs:
+            try:
+                while True:
+                    timeouts = options.timeouts_for(attempt)
+                    error: BaseException | None = None
+                    scope = trio.CancelScope()
+                    emitter = current = _AttemptEmitter(self, self._send, scope, timeouts)
+                    in_flight = True
+                    with scope:
+                        try:
+                            await self._llm.run_attempt(
+                                self._request, AttemptInfo(attempt, timeouts), emitter
+                            )
+                            await emitter.finish()
+                        except Exception as exc:
+                            error = exc
+                    if scope.cancelled_caught and error is None:
+                        limit, seconds = emitter.fired_limit()
+                        error = APITimeoutError(limit, seconds, request_id=emitter.request_id)
+                    duration = trio.current_time() - emitter.started_at
+                    request_id = emitter.request_id or getattr(error, "request_id", None)
+                    in_flight = False
+                    if error is None:
+                        obs.send_nowait(self._attempt_record(attempt, emitter, duration))
+                        end = _StreamEnd(
+                            StreamStatus.COMPLETED, None,
+                            emitter.first_visible_at, emitter.last_chunk_at,
+                        )
+                        return
+                    if isinstance(error, APIError):
+                        errors.append(error)
+                    decision = decide_retry(
+                        options,
+                        attempt=attempt,
+                        error=error,
+                        committed=emitter.committed,
+                        time_left=trio.current_effective_deadline() - trio.current_time(),
+                        rng=self._rng,
+                    )
+                    backoff = decision.delay if isinstance(decision, Retry) else 0.0
+                    obs.send_nowait(
+                        self._attempt_record(
+                            attempt, emitter, duration, error=error, backoff=backoff,
+                            request_id=request_id,
+                        )
+                    )
+                    if isinstance(decision, Retry):
+                        logger.info(
+                            "%s: attempt %d failed (%s: %s); retrying in %.3fs",
+                            self._llm.label, attempt + 1, type(error).__name__, error,
+                            decision.delay,
+                        )
+                        await trio.sleep(decision.delay)
+                        attempt += 1
+                        continue
+                    end = self._give_up(error, errors, emitter, decision.reason)
+                    return
+            except BaseException:
+                # Cancelled (the consumer left, aclose(), or the caller's scope): record the
+                # attempt in flight and end as cancelled, unless the stream had already ended.
+                if end is None:
+                    if current is not None and in_flight:
+                        obs.send_nowait(
+                            self._attempt_record(
+                                attempt, current, trio.current_time() - current.started_at
+                            )
+                        )
+                    end = _StreamEnd(
+                        StreamStatus.CANCELLED, None,
+                        current.first_visible_at if current else None,
+                        current.last_chunk_at if current else None,
+                    )
+                raise
+            finally:
+                assert end is not None
+                self._status = end.status
+                self._error = end.error
+                obs.send_nowait(end)
+
+    def _give_up(
+        self,
+        error: BaseException,
+        errors: list[APIError],
+        emitter: _AttemptEmitter,
+        reason: str,
+    ) -> _StreamEnd:
+        final: BaseException
+        status = StreamStatus.FAILED
+        if emitter.committed:
+            final = StreamInterrupted(self._acc.collected(partial=True), error)
+            final.__cause__ = error
+            if isinstance(error, StreamTruncatedError):
+                status = StreamStatus.TRUNCATED
+        elif isinstance(error, APIError) and error.retryable and len(errors) > 1:
+            final = RetriesExhaustedError(errors, reason=reason)
+            final.__cause__ = error
+        else:
+            final = error
+            if len(errors) > 1:
+                error.add_note(f"after {len(errors)} attempts; earlier errors: {errors[:-1]!r}")
+        return _StreamEnd(status, final, emitter.first_visible_at, emitter.last_chunk_at)
+
+    def _attempt_record(
+        self,
+        attempt: int,
+        emitter: _AttemptEmitter,
+        duration: float,
+        *,
+        error: BaseException | None = None,
+        backoff: float = 0.0,
+        request_id: str | None = None,
+    ) -> AttemptMetrics:
+        return AttemptMetrics(
+            attempt=attempt,
+            request_id=request_id or emitter.request_id,
+            duration=duration,
+            error=error,
+            usage=emitter.usage,
+            backoff=backoff,
+            committed=emitter.committed,
+        )
+
+    async def _metrics_task(
+        self, obs: trio.MemoryReceiveChannel[AttemptMetrics | _StreamEnd]
+    ) -> None:
+        # Shielded: it only waits for the loop to close the channel, which the loop always
+        # does when it ends (it is cancelled with everything else), so it cannot hang; and it
+        # must run to the end to deliver metrics exactly once, also on cancellation.
+        with trio.CancelScope(shield=True):
+            attempts: list[AttemptMetrics] = []
+            end: _StreamEnd | None = None
+            async with obs:
+                async for item in obs:
+                    if isinstance(item, _StreamEnd):
+                        end = item
+                    else:
+                        attempts.append(item)
+            try:
+                self._metrics = self._build_metrics(attempts, end)
+                self._deliver_metrics(self._metrics)
+            finally:
+                self._finished.set()
+
+    def _build_metrics(
+        self, attempts: list[AttemptMetrics], end: _StreamEnd | None
+    ) -> LLMMetrics:
+        now = trio.current_time()
+        if end is None:  # pragma: no cover - the loop always reports its end
+            end = _StreamEnd(StreamStatus.CANCELLED, None, None, None)
+        usages = [a.usage for a in attempts if a.usage is not None]
+        prompt = sum(u.prompt_tokens for u in usages)
+        completion = sum(u.completion_tokens for u in usages)
+        total = sum(u.total_tokens for u in usages)
+        tps: float | None = None
+        last_usage = attempts[-1].usage if attempts else None
+        if (
+            last_usage is not None
+            and end.first_visible_at is not None
+            and end.last_chunk_at is not None
+            and end.last_chunk_at > end.first_visible_at
+        ):
+            tps = last_usage.completion_tokens / (end.last_chunk_at - end.first_visible_at)
+        ttft = None if self._committed_at is None else self._committed_at - self._started_at
+        request_ids = tuple(a.request_id for a in attempts if a.request_id is not None)
+        return LLMMetrics(
+            label=self._llm.label,
+            request_ids=request_ids,
+            status=end.status,
+            attempts=tuple(attempts),
+            ttft=ttft,
+            duration=now - self._started_at,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=total,
+            tokens_per_second=tps,
+            cancelled=end.status is StreamStatus.CANCELLED,
+            error=end.error,
+            timestamp=now,
+        )
+
+    def _deliver_metrics(self, metrics: LLMMetrics) -> None:
+        seen: set[int] = set()
+        for callback in (*self._on_metrics, *self._llm.metrics_listeners):
+            if id(callback) in seen:
+                continue
+            seen.add(id(callback))
+            try:
+                callback(metrics)
+            except Exception:
+                logger.exception("on_metrics callback %r raised; ignored", callback)
+
+
+_PRIVATE = object()
+
+
+def _tool_map(tools: Iterable[FunctionTool | ToolSpec] | None) -> tuple[
+    tuple[ToolSpec, ...], dict[str, FunctionTool]
+]:
+    specs: list[ToolSpec] = []
+    runnable: dict[str, FunctionTool] = {}
+    for tool in tools or ():
+        if isinstance(tool, FunctionTool):
+            spec = tool.spec
+            runnable[tool.name] = tool
+        elif isinstance(tool, ToolSpec):
+            spec = tool
+        else:
+            raise TypeError(f"tools must be FunctionTool or ToolSpec, not {type(tool).__name__}")
+        if any(s.name == spec.name for s in specs):
+            raise ValueError(f"duplicate tool name {spec.name!r}")
+        specs.append(spec)
+    return tuple(specs), runnable
+
+
+@asynccontextmanager
+async def open_llm_stream(
+    llm: LLM,
+    *,
+    chat_ctx: ChatContext,
+    tools: Iterable[FunctionTool | ToolSpec] | None = None,
+    tool_choice: ToolChoice | None = None,
+    conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    temperature: float | None = None,
+    n: int | None = None,
+    parallel_tool_calls: bool | None = None,
+    on_metrics: MetricsCallback | Sequence[MetricsCallback] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    buffer_size: int = 0,
+    rng: random.Random | None = None,
+) -> AsyncIterator[LLMStream]:
+    """Open a streaming chat completion of ``chat_ctx`` from ``llm``.
+
+    ::
+
+        async with open_llm_stream(llm, chat_ctx=ctx) as stream:
+            async for chunk in stream:
+                print(chunk.text, end="")
+
+    Nothing starts before the block is entered and nothing outlives it. Retries follow
+    ``conn_options`` and happen only while no visible output has reached the consumer.
+    ``on_metrics`` callbacks (and the LLM's own listeners) get the stream's ``LLMMetrics``
+    exactly once, however it ends. ``buffer_size`` is the channel buffer in batches (0, the
+    default, makes the commit point exact). ``rng`` drives the backoff jitter (for tests).
+
+    Cancellation: leaving the block by ``break``, exception or outside cancellation cancels
+    the request and tool calls and records the stream as cancelled; an exception from the
+    block propagates as itself, never wrapped in an ExceptionGroup.
+    """
+    if buffer_size < 0:
+        raise ValueError("buffer_size must be >= 0")
+    specs, runnable = _tool_map(tools)
+    if callable(on_metrics):
+        callbacks: Sequence[MetricsCallback] = (on_metrics,)
+    else:
+        callbacks = tuple(on_metrics or ())
+    request = ChatRequest(
+        messages=tuple(chat_ctx.messages),
+        tools=specs,
+        tool_choice=tool_choice,
+        temperature=temperature,
+        n=n,
+        parallel_tool_calls=parallel_tool_calls,
+        extra=dict(extra or {}),
+    )
+    stream = LLMStream(
+        _token=_PRIVATE,
+        llm=llm,
+        request=request,
+        conn_options=conn_options,
+        tools=runnable,
+        on_metrics=callbacks,
+        buffer_size=buffer_size,
+        rng=rng or _system_random,
+    )
+    body_exc: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream._main)
+        try:
+            yield stream
+        except BaseException as exc:
+            # Re-raised below, outside the nursery, so it is never wrapped in a group.
+            body_exc = exc
+        finally:
+            stream._scope.cancel()
+    if body_exc is not None:
+        raise body_exc
+

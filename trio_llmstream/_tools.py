@@ -1,0 +1,205 @@
+"""Function tools: running the calls a model asked for, each to exactly one outcome.
+
+This module holds the execution half: a :class:`FunctionTool` (a callable with the name,
+description and JSON schema the model sees), and a :class:`ToolCallHandle` per started call whose
+:class:`ToolOutcome` is set exactly once — result, error, timeout or cancelled — by the task that
+runs the call inside the stream's nursery. A model that gets no answer for a call re-issues it
+and repeats its side effects, so "exactly one outcome per call id" is an invariant, enforced
+here: a second outcome for a handle raises.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from ._models import FunctionCall, ToolSpec
+
+__all__ = [
+    "FunctionTool",
+    "ToolCallHandle",
+    "ToolOutcome",
+    "ToolOutcomeKind",
+    "run_tool_call",
+]
+
+
+@attrs.frozen
+class FunctionTool:
+    """A tool the model may call: ``fn`` plus what the model is told about it.
+
+    ``fn`` may be sync (run in a worker thread) or async; it is called with the call's
+    arguments, parsed from JSON, as keyword arguments. ``parameters`` is the JSON schema of
+    those arguments, given by hand here.
+    """
+
+    fn: Callable[..., Any]
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = attrs.field(
+        factory=lambda: {"type": "object", "properties": {}}
+    )
+    timeout: float | None = None
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(name=self.name, description=self.description, parameters=self.parameters)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+
+class ToolOutcomeKind(enum.Enum):
+    RESULT = "result"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+
+@attrs.frozen
+class ToolOutcome:
+    """The one outcome of one tool call.
+
+    ``value`` is the tool's return value (for ``RESULT``), ``error`` the exception (for
+    ``ERROR``; also set for ``TIMEOUT`` and ``CANCELLED`` when there is one). ``output`` is the
+    text to send back to the model in the tool message.
+    """
+
+    call: FunctionCall
+    kind: ToolOutcomeKind
+    value: Any = None
+    error: BaseException | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is ToolOutcomeKind.RESULT
+
+    @property
+    def output(self) -> str:
+        if self.kind is ToolOutcomeKind.RESULT:
+            if isinstance(self.value, str):
+                return self.value
+            try:
+                return json.dumps(self.value)
+            except (TypeError, ValueError):
+                return str(self.value)
+        return f"error: {self.message}"
+
+
+class ToolCallHandle:
+    """A started tool call. ``await handle.wait()`` gives its outcome once it has one.
+
+    The outcome is set exactly once; ``outcome`` is None until then.
+    """
+
+    __slots__ = ("_done", "_outcome", "call")
+
+    def __init__(self, call: FunctionCall) -> None:
+        self.call = call
+        self._outcome: ToolOutcome | None = None
+        self._done = trio.Event()
+
+    @property
+    def outcome(self) -> ToolOutcome | None:
+        return self._outcome
+
+    @property
+    def done(self) -> bool:
+        return self._outcome is not None
+
+    def _set(self, outcome: ToolOutcome) -> None:
+        if self._outcome is not None:
+            raise RuntimeError(f"tool call {self.call.call_id!r} already has an outcome")
+        self._outcome = outcome
+        self._done.set()
+
+    async def wait(self) -> ToolOutcome:
+        """Wait for the outcome. Cancellation: cancels only the waiting, not the call."""
+        await self._done.wait()
+        assert self._outcome is not None
+        return self._outcome
+
+    def __repr__(self) -> str:
+        state = self._outcome.kind.value if self._outcome else "running"
+        return f"<ToolCallHandle {self.call.name}({self.call.call_id}) {state}>"
+
+
+def _parse_arguments(call: FunctionCall) -> dict[str, Any]:
+    text = call.arguments.strip() or "{}"
+    args = json.loads(text)
+    if not isinstance(args, dict):
+        raise ValueError(f"arguments must be a JSON object, got {type(args).__name__}")
+    return args
+
+
+async def run_tool_call(
+    handle: ToolCallHandle,
+    tools: Mapping[str, FunctionTool],
+    *,
+    default_timeout: float | None = None,
+) -> None:
+    """Run ``handle.call`` and give it exactly one outcome. Never raises but Cancelled.
+
+    Unknown tools and unparsable arguments become ERROR outcomes (never exceptions that kill
+    the stream). Cancellation: the outcome becomes CANCELLED and Cancelled propagates.
+    """
+    call = handle.call
+    tool = tools.get(call.name)
+    if tool is None:
+        handle._set(
+            ToolOutcome(call, ToolOutcomeKind.ERROR, message=f"unknown tool {call.name!r}")
+        )
+        return
+    try:
+        args = _parse_arguments(call)
+    except ValueError as exc:
+        handle._set(
+            ToolOutcome(
+                call, ToolOutcomeKind.ERROR, error=exc,
+                message=f"invalid arguments for {call.name!r}: {exc}",
+            )
+        )
+        return
+    timeout = tool.timeout if tool.timeout is not None else default_timeout
+    try:
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            value = await _invoke(tool.fn, args)
+    except trio.Cancelled:
+        handle._set(ToolOutcome(call, ToolOutcomeKind.CANCELLED, message="cancelled"))
+        raise
+    except Exception as exc:
+        handle._set(
+            ToolOutcome(
+                call, ToolOutcomeKind.ERROR, error=exc,
+                message=f"{call.name} raised {type(exc).__name__}: {exc}",
+            )
+        )
+        return
+    if scope.cancelled_caught:
+        handle._set(
+            ToolOutcome(call, ToolOutcomeKind.TIMEOUT, message=f"timed out after {timeout:g}s")
+        )
+    else:
+        handle._set(ToolOutcome(call, ToolOutcomeKind.RESULT, value=value))
+
+
+async def _invoke(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(**args)
+    result = await trio.to_thread.run_sync(lambda: fn(**args), abandon_on_cancel=True)
+    if inspect.isawaitable(result):
+        return await _await(result)
+    return result
+
+
+async def _await(value: Awaitable[Any]) -> Any:
+    return await value

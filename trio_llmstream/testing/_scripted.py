@@ -1,0 +1,170 @@
+"""A scripted in-memory provider, for tests of code that consumes streams.
+
+``ScriptedLLM`` plays, for attempt ``k`` of every stream, the ``k``-th ``ScriptedAttempt`` of its
+script (the last one repeats if a stream makes more attempts). An attempt emits its chunks in
+batches (``batch_size`` chunks per emit, as if each batch were one network read), sleeping
+``delay`` seconds before each batch (``trio.sleep``, so trio's MockClock drives it), and then
+ends with its fault, if any, after ``fault.after`` chunks — or completes.
+
+Keying the script by attempt number (not by call order) keeps it deterministic when many
+streams share one ``ScriptedLLM`` concurrently.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from .._exceptions import APIError, APIStatusError, ProviderError, StreamTruncatedError
+from .._llm import LLM, AttemptInfo, ChunkEmitter
+from .._models import ChatChunk, ChatRequest, Choice, ChoiceDelta, CompletionUsage, FunctionCall
+
+__all__ = [
+    "Fault",
+    "FaultKind",
+    "ScriptedAttempt",
+    "ScriptedLLM",
+    "text_chunks",
+]
+
+
+class FaultKind(enum.Enum):
+    #: Raise ``Fault.error`` (an APIError; its ``retryable`` decides retries).
+    ERROR = "error"
+    #: Stop sending and hang until cancelled (for timeouts).
+    STALL = "stall"
+    #: End without a terminal: ``StreamTruncatedError``.
+    TRUNCATE = "truncate"
+    #: An error event sent by the server in the stream: ``ProviderError``.
+    PROVIDER_ERROR = "provider_error"
+    #: A bug in the provider: a plain ``RuntimeError``, never retried.
+    BUG = "bug"
+
+
+@attrs.frozen
+class Fault:
+    """How an attempt fails, after it emitted ``after`` chunks."""
+
+    kind: FaultKind
+    after: int = 0
+    error: APIError | None = None
+    #: For PROVIDER_ERROR: the server's error type (decides retryable).
+    provider_type: str = "server_error"
+
+    @classmethod
+    def retryable(cls, after: int = 0) -> Fault:
+        return cls(FaultKind.ERROR, after, APIStatusError("unavailable", status_code=503))
+
+    @classmethod
+    def fatal(cls, after: int = 0) -> Fault:
+        return cls(FaultKind.ERROR, after, APIStatusError("bad request", status_code=400))
+
+    def exception(self, request_id: str) -> BaseException | None:
+        """The exception this fault raises (None for a stall)."""
+        if self.kind is FaultKind.ERROR:
+            assert self.error is not None
+            return self.error
+        if self.kind is FaultKind.TRUNCATE:
+            return StreamTruncatedError("stream ended without [DONE]", request_id=request_id)
+        if self.kind is FaultKind.PROVIDER_ERROR:
+            return ProviderError("error event", type=self.provider_type, request_id=request_id)
+        if self.kind is FaultKind.BUG:
+            return RuntimeError("scripted provider bug")
+        return None
+
+
+@attrs.frozen
+class ScriptedAttempt:
+    """One attempt's script: chunks to emit, then an optional fault."""
+
+    chunks: Sequence[ChatChunk] = ()
+    fault: Fault | None = None
+    delay: float = 0.0
+    batch_size: int = 1
+
+
+class ScriptedLLM(LLM):
+    """An ``LLM`` that plays scripted attempts. See the module docstring.
+
+    ``calls`` records ``(request, attempt number)`` for every attempt started; ``running`` is
+    the number of attempts in progress (0 after every stream's block has exited, if nothing
+    leaked); ``cancelled`` counts attempts that ended by cancellation.
+    """
+
+    def __init__(self, script: Sequence[ScriptedAttempt], *, label: str = "scripted") -> None:
+        super().__init__(label=label)
+        if not script:
+            raise ValueError("a script needs at least one attempt")
+        self.script = tuple(script)
+        self.calls: list[tuple[ChatRequest, int]] = []
+        self.running = 0
+        self.cancelled = 0
+
+    async def run_attempt(
+        self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
+    ) -> None:
+        self.calls.append((request, attempt.number))
+        plan = self.script[min(attempt.number, len(self.script) - 1)]
+        fault = plan.fault
+        limit = len(plan.chunks) if fault is None else min(fault.after, len(plan.chunks))
+        size = max(1, plan.batch_size)
+        self.running += 1
+        try:
+            sent = 0
+            while sent < limit:
+                if plan.delay:
+                    await trio.sleep(plan.delay)
+                batch = plan.chunks[sent : min(limit, sent + size)]
+                await emit.send(batch)
+                sent += len(batch)
+            if fault is not None:
+                if plan.delay:
+                    await trio.sleep(plan.delay)
+                exc = fault.exception(f"scripted-{attempt.number}")
+                if exc is None:
+                    await trio.sleep_forever()
+                else:
+                    raise exc
+            else:
+                # Yield once, as a real read would, so cancellation can land at the end too.
+                await trio.lowlevel.checkpoint()
+        except trio.Cancelled:
+            self.cancelled += 1
+            raise
+        finally:
+            self.running -= 1
+
+
+def text_chunks(
+    text: str | Sequence[str],
+    *,
+    request_id: str = "req-1",
+    role: bool = True,
+    finish_reason: str | None = "stop",
+    usage: CompletionUsage | None = None,
+    tool_calls: Sequence[FunctionCall] = (),
+) -> list[ChatChunk]:
+    """Chunks of a plain response: a role chunk, one chunk per piece of text (a string is
+    split into words, keeping the spaces), complete tool calls, a finish chunk and an optional
+    usage-only chunk."""
+    if isinstance(text, str):
+        pieces = [w + " " for w in text.split(" ")]
+        if pieces:
+            pieces[-1] = pieces[-1][:-1]
+        pieces = [p for p in pieces if p]
+    else:
+        pieces = list(text)
+    chunks: list[ChatChunk] = []
+    if role:
+        chunks.append(ChatChunk(request_id, [Choice(ChoiceDelta(role="assistant"))]))
+    chunks.extend(ChatChunk(request_id, [Choice(ChoiceDelta(content=p))]) for p in pieces)
+    if tool_calls:
+        chunks.append(ChatChunk(request_id, [Choice(ChoiceDelta(tool_calls=list(tool_calls)))]))
+    if finish_reason is not None:
+        chunks.append(ChatChunk(request_id, [Choice(ChoiceDelta(), finish_reason=finish_reason)]))
+    if usage is not None:
+        chunks.append(ChatChunk(request_id, [], usage=usage))
+    return chunks
