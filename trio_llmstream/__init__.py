@@ -43,12 +43,16 @@ from ._models import ToolSpec as ToolSpec
 from ._options import DEFAULT_API_CONNECT_OPTIONS as DEFAULT_API_CONNECT_OPTIONS
 from ._options import APIConnectOptions as APIConnectOptions
 from ._options import Timeouts as Timeouts
+from ._stream import LLMStream as LLMStream
+from ._stream import open_llm_stream as open_llm_stream
+from ._tools import FunctionTool as FunctionTool
+from ._tools import ToolCallHandle as ToolCallHandle
+from ._tools import ToolOutcome as ToolOutcome
+from ._tools import ToolOutcomeKind as ToolOutcomeKind
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_API_CONNECT_OPTIONS",
-    "LLM",
     "APIConnectOptions",
     "APIConnectionError",
     "APIError",
@@ -67,9 +71,13 @@ __all__ = [
     "CollectedChoice",
     "CollectedResponse",
     "CompletionUsage",
+    "DEFAULT_API_CONNECT_OPTIONS",
     "FunctionCall",
+    "FunctionTool",
+    "LLM",
     "LLMCapabilities",
     "LLMMetrics",
+    "LLMStream",
     "LLMStreamError",
     "NamedToolChoice",
     "ProviderError",
@@ -79,6 +87,10 @@ __all__ = [
     "StreamStatus",
     "StreamTruncatedError",
     "Timeouts",
+    "ToolCallHandle",
     "ToolChoice",
+    "ToolOutcome",
+    "ToolOutcomeKind",
     "ToolSpec",
+    "open_llm_stream",
 ]

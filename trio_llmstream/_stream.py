@@ -292,6 +292,7 @@ class LLMStream:
         self._status = StreamStatus.RUNNING
         self._error: BaseException | None = None
         self._error_raised = False
+        self._closed = False
         self._metrics: LLMMetrics | None = None
         self._finished = trio.Event()
         self._scope = trio.CancelScope()
@@ -320,7 +321,7 @@ class LLMStream:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             await self._finished.wait()
             error = self._error
-            if error is not None and not self._error_raised:
+            if error is not None and not self._error_raised and not self._closed:
                 self._error_raised = True
                 raise error  # noqa: B904 - the stream's own error, not a handling failure
             raise StopAsyncIteration from None
@@ -704,6 +705,10 @@ async def open_llm_stream(
             body_exc = exc
         finally:
             stream._scope.cancel()
+            # The block is over: so is iteration, even over chunks taken but not yet seen; the
+            # error, if any, stays on ``stream.error``.
+            stream._buf = []
+            stream._closed = True
     if body_exc is not None:
         raise body_exc
 
