@@ -269,7 +269,8 @@ def check(run: Run, llm: ScriptedLLM, expected: Expected, consumer: tuple[str, i
     assert len(metrics.attempts) == len(llm.calls)
     assert [a.attempt for a in metrics.attempts] == list(range(len(llm.calls)))
     # Exactly one terminal status, consistent with the metrics.
-    assert run.status is not None and run.status is not StreamStatus.RUNNING
+    assert run.status is not None
+    assert run.status is not StreamStatus.RUNNING
     assert metrics.status is run.status
     assert metrics.cancelled == (run.status is StreamStatus.CANCELLED)
     # Never a duplicate: the consumer saw a prefix of the committed attempt's chunks (by
@@ -316,7 +317,8 @@ def check(run: Run, llm: ScriptedLLM, expected: Expected, consumer: tuple[str, i
     committed = [a.committed for a in metrics.attempts]
     assert all(not c for c in committed[:-1])
     for attempt in metrics.attempts[:-1]:
-        assert isinstance(attempt.error, APIError) and attempt.error.retryable
+        assert isinstance(attempt.error, APIError)
+        assert attempt.error.retryable
 
 
 @settings(max_examples=EXAMPLES)

@@ -17,7 +17,7 @@ from ._scripted import Fault, FaultKind, ScriptedAttempt
 __all__ = ["chunk_sequences", "fault_plans", "faults"]
 
 _text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=8
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=8
 )
 
 
@@ -45,7 +45,7 @@ def chunk_sequences(
         else:
             calls += 1
             delta = ChoiceDelta(
-                tool_calls=[FunctionCall(f"call_{calls}", "tool", '{"n": %d}' % calls)]
+                tool_calls=[FunctionCall(f"call_{calls}", "tool", f'{{"n": {calls}}}')]
             )
         chunks.append(ChatChunk(rid, [Choice(delta)]))
     finish = "tool_calls" if calls else "stop"
