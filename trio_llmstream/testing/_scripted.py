@@ -66,7 +66,10 @@ class Fault:
         """The exception this fault raises (None for a stall)."""
         if self.kind is FaultKind.ERROR:
             assert self.error is not None
-            return self.error
+            # A fresh copy per attempt, so attempts do not share one traceback.
+            clone = BaseException.__new__(type(self.error), *self.error.args)
+            clone.__dict__.update(self.error.__dict__)
+            return clone
         if self.kind is FaultKind.TRUNCATE:
             return StreamTruncatedError("stream ended without [DONE]", request_id=request_id)
         if self.kind is FaultKind.PROVIDER_ERROR:
