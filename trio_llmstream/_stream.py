@@ -1,17 +1,17 @@
 """The runtime: ``open_llm_stream`` and ``LLMStream``.
 
-Structure. ``open_llm_stream`` opens one nursery in the caller's task. In it runs ``_main``,
-which opens the stream's own cancel scope (so ``aclose()`` can stop the stream without touching
-the caller's code) and an inner nursery holding three kinds of task:
+Structure. ``open_llm_stream`` opens one nursery in the caller's task and runs in it:
 
-- the *attempt loop*, sole owner of the consumer-facing send channel and of the metrics
-  observation channel; it closes both exactly once, after the last attempt, whatever happens.
-  Each attempt gets an emitter that can send but cannot close, so no provider can end the
-  stream under the next attempt;
-- the *metrics task*, shielded, which drains observations until the loop closes their channel
-  and then delivers exactly one ``LLMMetrics`` (the shield guarantees delivery on cancellation;
-  it cannot hang because the loop always closes the channel when it ends);
-- *tool-call tasks* started by ``execute_functions()``.
+- the *attempt loop*, inside the stream's own cancel scope (so ``aclose()`` can stop the stream
+  without touching the caller's code). It is the sole owner of the consumer-facing send channel
+  and of the observation channel, and closes both exactly once, after the last attempt,
+  whatever happens. Each attempt gets an emitter that can send but cannot close, so no
+  provider can end the stream under the next attempt;
+- the *supervisor*, the metrics consumer: shielded, it drains the loop's observations until the
+  loop closes their channel, then delivers exactly one ``LLMMetrics`` (the shield guarantees
+  delivery on cancellation; it cannot hang because the loop always closes the channel). Between
+  observations it sleeps until the running attempt's nearest time limit and enforces it;
+- *tool-call tasks* started by ``execute_functions()``, each in a cancel scope of its own.
 
 Commit point. An attempt commits when the consumer has *received* visible output. The channel
 has no buffer by default, so ``send`` returning means the consumer took the batch. Before the
@@ -25,11 +25,13 @@ chunk. So the channel carries *batches*: all the chunks decoded from one network
 in one operation, and the consumer pops them from a local list. Exactness of the commit point is
 unchanged: a batch is received whole or not at all.
 
-Timeouts. ``first_token`` and ``idle`` are enforced here by one cancel scope around the attempt
-whose deadline the emitter moves: to ``start + first_token`` until visible output arrives, to
-``last data + idle`` after each read, and to infinity while the emitter waits for the consumer
-(backpressure never counts as the server being slow). When that scope fires, the attempt failed
-with ``APITimeoutError`` naming whichever limit was the nearer one.
+Timeouts. ``first_token`` and ``idle`` are enforced here, not by providers. Moving a cancel
+scope's deadline on every chunk would cost more than the rest of the per-chunk work, so the
+emitter only records the time of the last data, and the supervisor sleeps until the nearest
+limit as it stood, re-checks (data may have arrived since) and either sleeps again or cancels
+the attempt's scope, recording which limit fired. While the emitter waits for the consumer the
+idle clock is stopped: backpressure never counts as the server being slow. A fired limit fails
+the attempt with ``APITimeoutError`` naming it.
 """
 
 from __future__ import annotations
@@ -150,20 +152,26 @@ class _Accumulator:
 class _AttemptEmitter:
     """What a provider's attempt gets: it can send chunks and nothing else.
 
-    Tracks the attempt's commit state, usage and request id, holds back non-visible chunks until
-    the commit, and moves the attempt scope's deadline for the first-token and idle limits.
+    Tracks the attempt's commit state, usage and request id, and holds back non-visible chunks
+    until the commit. Time limits are checked by the supervisor task, which sleeps until the
+    nearest limit and calls :meth:`check_limits`: the per-chunk path only records the time,
+    because moving a cancel scope's deadline on every chunk costs more than everything else
+    the emitter does.
     """
 
     __slots__ = (
         "_channel",
         "_held",
         "_idle",
+        "_paused",
         "_scope",
         "_stream",
         "committed",
+        "fired",
         "first_token_deadline",
         "first_visible_at",
         "last_chunk_at",
+        "last_data_at",
         "request_id",
         "started_at",
         "timeouts",
@@ -181,6 +189,7 @@ class _AttemptEmitter:
         self._channel = channel
         self._scope = scope
         self._held: list[ChatChunk] = []
+        self._paused = False
         self.timeouts = timeouts
         self._idle = math.inf if timeouts.idle is None else timeouts.idle
         self.committed = False
@@ -188,61 +197,79 @@ class _AttemptEmitter:
         self.request_id: str | None = None
         self.first_visible_at: float | None = None
         self.last_chunk_at: float | None = None
+        self.fired: tuple[TimeoutLimit, float] | None = None
         now = trio.current_time()
-        self.started_at = now
+        self.started_at = self.last_data_at = now
         self.first_token_deadline = (
             math.inf if timeouts.first_token is None else now + timeouts.first_token
         )
-        scope.deadline = min(self.first_token_deadline, now + self._idle)
 
-    def fired_limit(self) -> tuple[TimeoutLimit, float]:
-        """Which limit the attempt scope's deadline stood for when it fired."""
-        if self.first_visible_at is None and self._scope.deadline == self.first_token_deadline:
-            assert self.timeouts.first_token is not None
-            return "first_token", self.timeouts.first_token
-        return "idle", self._idle
+    def check_limits(self, now: float) -> float:
+        """Fire a limit that has passed (cancel the attempt) or return when to look again.
+
+        Called by the supervisor task. The deadline it slept until may be stale (data arrived
+        since), so it is recomputed here. While the emitter waits for the consumer, idle time
+        does not run: look again one idle period later.
+        """
+        if self.fired is not None:
+            return math.inf
+        idle = math.inf if self._paused else self.last_data_at + self._idle
+        if self.first_visible_at is None and self.first_token_deadline <= idle:
+            if self.first_token_deadline <= now:
+                assert self.timeouts.first_token is not None
+                self.fired = ("first_token", self.timeouts.first_token)
+                self._scope.cancel()
+                return math.inf
+            return self.first_token_deadline
+        if idle <= now:
+            self.fired = ("idle", self._idle)
+            self._scope.cancel()
+            return math.inf
+        if idle == math.inf:
+            return now + self._idle
+        return idle
 
     async def send(self, chunks: Sequence[ChatChunk]) -> None:
-        now = trio.current_time()
-        if chunks:
-            self.last_chunk_at = now
-            if self.request_id is None:
-                self.request_id = chunks[0].request_id
-            for chunk in chunks:
-                if chunk.usage is not None:
-                    self.usage = chunk.usage
-            if self.committed:
-                await self._deliver(list(chunks))
-            elif any(chunk.is_visible for chunk in chunks):
-                if self.first_visible_at is None:
-                    self.first_visible_at = now
-                batch = self._held + list(chunks)
-                self._held = []
-                await self._deliver(batch)
-                self.committed = True
-                self._stream._on_commit()
-            else:
-                self._held.extend(chunks)
-                if len(self._held) > MAX_HELD_CHUNKS:
-                    raise StreamProtocolError(
-                        f"more than {MAX_HELD_CHUNKS} chunks without any visible output"
-                    )
-            now = trio.current_time()
-        # Data arrived: the idle clock restarts; the first-token clock runs on until visible
-        # output arrives.
-        if self.first_visible_at is None:
-            self._scope.deadline = min(self.first_token_deadline, now + self._idle)
+        self.last_data_at = now = trio.current_time()
+        if not chunks:
+            return
+        self.last_chunk_at = now
+        if self.request_id is None:
+            self.request_id = chunks[0].request_id
+        for chunk in chunks:
+            if chunk.usage is not None:
+                self.usage = chunk.usage
+        if self.committed:
+            await self._deliver(list(chunks))
+        elif any(chunk.is_visible for chunk in chunks):
+            self.first_visible_at = now
+            batch = self._held + list(chunks)
+            self._held = []
+            await self._deliver(batch)
+            self.committed = True
+            self._stream._on_commit()
         else:
-            self._scope.deadline = now + self._idle
+            self._held.extend(chunks)
+            if len(self._held) > MAX_HELD_CHUNKS:
+                raise StreamProtocolError(
+                    f"more than {MAX_HELD_CHUNKS} chunks without any visible output"
+                )
 
     async def _deliver(self, batch: list[ChatChunk]) -> None:
-        # Waiting for the consumer is backpressure, not a slow server: no limit applies.
-        self._scope.deadline = math.inf
-        await self._channel.send(batch)
+        # Waiting for the consumer is backpressure, not a slow server: the idle clock stops,
+        # and restarts when the consumer has taken the batch.
+        self._paused = True
+        try:
+            await self._channel.send(batch)
+        finally:
+            self._paused = False
+            self.last_data_at = trio.current_time()
         self._stream._acc.add(batch)
 
     async def finish(self) -> None:
         """The attempt succeeded: deliver what was held back (an output-less response)."""
+        # The response is complete: no limit applies while its last chunks wait for the consumer.
+        self.first_token_deadline = math.inf
         if self._held:
             batch, self._held = self._held, []
             await self._deliver(batch)
@@ -254,6 +281,9 @@ class _StreamEnd:
     error: BaseException | None
     first_visible_at: float | None
     last_chunk_at: float | None
+
+
+_Observation = _AttemptEmitter | AttemptMetrics | _StreamEnd
 
 
 class LLMStream:
@@ -298,6 +328,7 @@ class LLMStream:
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._handles: dict[str, ToolCallHandle] = {}
+        self._tool_scopes: set[trio.CancelScope] = set()
         self._started_at = 0.0
         self._committed_at: float | None = None
 
@@ -346,7 +377,7 @@ class LLMStream:
         Idempotent. Waits (briefly) for the stream's tasks to wind down; cancelling this wait
         leaves the block's exit to finish the job.
         """
-        self._scope.cancel()
+        self._cancel()
         await self._finished.wait()
 
     @property
@@ -388,7 +419,9 @@ class LLMStream:
             handle = self._handles.get(call.call_id)
             if handle is None:
                 handle = self._handles[call.call_id] = ToolCallHandle(call)
-                nursery.start_soon(run_tool_call, handle, self._tools)
+                scope = trio.CancelScope()
+                self._tool_scopes.add(scope)
+                nursery.start_soon(self._run_tool, handle, scope)
             handles.append(handle)
         return handles
 
@@ -398,21 +431,32 @@ class LLMStream:
         if self._committed_at is None:
             self._committed_at = trio.current_time()
 
-    async def _main(self) -> None:
-        obs_send, obs_recv = trio.open_memory_channel[AttemptMetrics | _StreamEnd](
+    async def _run(self) -> None:
+        """The attempt loop inside the stream's own cancel scope (``aclose`` cancels it)."""
+        obs_send, obs_recv = trio.open_memory_channel[_Observation](
             2 * self._options.max_attempts + 2
         )
+        assert self._nursery is not None
+        self._nursery.start_soon(self._supervise, obs_recv)
         with self._scope:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._metrics_task, obs_recv)
-                nursery.start_soon(self._attempt_loop, obs_send)
-                # Stay open for tool calls started after the response ended; the block's exit
-                # (or aclose) cancels this.
-                await trio.sleep_forever()
+            await self._attempt_loop(obs_send)
+
+    def _cancel(self) -> None:
+        self._scope.cancel()
+        for scope in self._tool_scopes:
+            scope.cancel()
+
+    async def _run_tool(self, handle: ToolCallHandle, scope: trio.CancelScope) -> None:
+        # The scope was registered before this task was started, so a stream cancelled in
+        # between still cancels the call (a scope cancelled before entry is entered cancelled).
+        try:
+            with scope:
+                await run_tool_call(handle, self._tools)
+        finally:
+            self._tool_scopes.discard(scope)
 
     async def _attempt_loop(
-        self, obs: trio.MemorySendChannel[AttemptMetrics | _StreamEnd]
+        self, obs: trio.MemorySendChannel[_Observation]
     ) -> None:
         options = self._options
         self._started_at = trio.current_time()
@@ -429,6 +473,7 @@ class LLMStream:
                     scope = trio.CancelScope()
                     emitter = current = _AttemptEmitter(self, self._send, scope, timeouts)
                     in_flight = True
+                    obs.send_nowait(emitter)  # the supervisor keeps its time limits
                     with scope:
                         try:
                             await self._llm.run_attempt(
@@ -438,7 +483,9 @@ class LLMStream:
                         except Exception as exc:
                             error = exc
                     if scope.cancelled_caught and error is None:
-                        limit, seconds = emitter.fired_limit()
+                        # Only the supervisor cancels this scope, and it says why first.
+                        assert emitter.fired is not None
+                        limit, seconds = emitter.fired
                         error = APITimeoutError(limit, seconds, request_id=emitter.request_id)
                     duration = trio.current_time() - emitter.started_at
                     request_id = emitter.request_id or getattr(error, "request_id", None)
@@ -543,21 +590,40 @@ class LLMStream:
             committed=emitter.committed,
         )
 
-    async def _metrics_task(
-        self, obs: trio.MemoryReceiveChannel[AttemptMetrics | _StreamEnd]
-    ) -> None:
-        # Shielded: it only waits for the loop to close the channel, which the loop always
-        # does when it ends (it is cancelled with everything else), so it cannot hang; and it
-        # must run to the end to deliver metrics exactly once, also on cancellation.
+    async def _supervise(self, obs: trio.MemoryReceiveChannel[_Observation]) -> None:
+        """The metrics consumer, which also keeps the running attempt's time limits.
+
+        It receives observations from the attempt loop (each attempt's emitter as it starts,
+        each attempt's record as it ends, the stream's end) and, between them, sleeps until
+        the running attempt's nearest time limit. When the loop closes the channel it builds
+        and delivers the one metrics record.
+
+        Shielded: it only waits for the loop, which always closes the channel when it ends
+        (it is cancelled with everything else), so it cannot hang; and it must run to the end
+        to deliver metrics exactly once, also on cancellation.
+        """
+        attempts: list[AttemptMetrics] = []
+        end: _StreamEnd | None = None
+        running: _AttemptEmitter | None = None
+        wake = math.inf
         with trio.CancelScope(shield=True):
-            attempts: list[AttemptMetrics] = []
-            end: _StreamEnd | None = None
             async with obs:
-                async for item in obs:
-                    if isinstance(item, _StreamEnd):
-                        end = item
-                    else:
-                        attempts.append(item)
+                while True:
+                    with trio.move_on_at(wake):
+                        try:
+                            item = await obs.receive()
+                        except trio.EndOfChannel:
+                            break
+                        if isinstance(item, _AttemptEmitter):
+                            running = item
+                        elif isinstance(item, AttemptMetrics):
+                            attempts.append(item)
+                            running = None
+                        else:
+                            end = item
+                    wake = math.inf if running is None else running.check_limits(
+                        trio.current_time()
+                    )
             try:
                 self._metrics = self._build_metrics(attempts, end)
                 self._deliver_metrics(self._metrics)
@@ -697,14 +763,15 @@ async def open_llm_stream(
     )
     body_exc: BaseException | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(stream._main)
+        stream._nursery = nursery
+        nursery.start_soon(stream._run)
         try:
             yield stream
         except BaseException as exc:
             # Re-raised below, outside the nursery, so it is never wrapped in a group.
             body_exc = exc
         finally:
-            stream._scope.cancel()
+            stream._cancel()
             # The block is over: so is iteration, even over chunks taken but not yet seen; the
             # error, if any, stays on ``stream.error``.
             stream._buf = []

@@ -1,0 +1,221 @@
+"""Runtime overhead: chunks through open_llm_stream versus baselines, in one process run.
+
+    .venv/bin/python benchmarks/bench_runtime.py
+
+Measures, on the same 10,000 pre-built chunks:
+- ``open_llm_stream`` fed by a provider that hands over ``batch`` chunks per emit (one emit is
+  one network read: 1 chunk per read is what a server flushing per token gives over loopback;
+  12 is about one 4 KiB read of ~320-byte events);
+- a bare trio memory-channel hop (zero buffer): one channel operation per emitted batch, the
+  least any trio producer/consumer split can pay, and one per chunk (the naive design);
+- a livekit-style asyncio pipeline: producer task -> unbounded asyncio.Queue -> tee task ->
+  consumer queue, plus a metrics queue drained by a metrics task;
+and the memory of an idle open stream, with 10,000 streams open at once.
+The machine is shared and noisy: each figure is the best of several repeats, and only ratios
+between figures measured in this same run mean anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+
+import trio
+
+from trio_llmstream import (
+    LLM,
+    APIConnectOptions,
+    AttemptInfo,
+    ChatChunk,
+    ChatContext,
+    ChatRequest,
+    Choice,
+    ChoiceDelta,
+    ChunkEmitter,
+    Timeouts,
+    open_llm_stream,
+)
+
+N = 10_000
+REPEATS = 5
+
+
+def make_chunks(n: int = N) -> list[ChatChunk]:
+    return [ChatChunk("chatcmpl-bench", [Choice(ChoiceDelta(content=f"tok{i} "))]) for i in range(n)]
+
+
+class BatchLLM(LLM):
+    def __init__(self, chunks: Sequence[ChatChunk], batch: int) -> None:
+        super().__init__(label="bench")
+        self.batches = [list(chunks[i : i + batch]) for i in range(0, len(chunks), batch)]
+
+    async def run_attempt(
+        self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
+    ) -> None:
+        for batch in self.batches:
+            await emit.send(batch)
+
+
+class IdleLLM(LLM):
+    async def run_attempt(
+        self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
+    ) -> None:
+        await trio.sleep_forever()
+
+
+CTX = ChatContext()
+CTX.add_message(role="user", content="bench")
+NO_LIMITS = APIConnectOptions(timeouts=Timeouts(connect=None, idle=None))
+
+
+def best(fn: Callable[[], float]) -> float:
+    return min(fn() for _ in range(REPEATS))
+
+
+def time_runtime(chunks: list[ChatChunk], batch: int) -> float:
+    llm = BatchLLM(chunks, batch)
+
+    async def main() -> float:
+        count = 0
+        t0 = time.perf_counter()
+        async with open_llm_stream(llm, chat_ctx=CTX, conn_options=NO_LIMITS) as stream:
+            async for _ in stream:
+                count += 1
+        elapsed = time.perf_counter() - t0
+        assert count == len(chunks)
+        return elapsed
+
+    return trio.run(main)
+
+
+def time_bare_hop(chunks: list[ChatChunk], batch: int) -> float:
+    batches = [chunks[i : i + batch] for i in range(0, len(chunks), batch)]
+
+    async def main() -> float:
+        send, recv = trio.open_memory_channel[list[ChatChunk]](0)
+        count = 0
+
+        async def producer() -> None:
+            async with send:
+                for b in batches:
+                    await send.send(b)
+
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            async for b in recv:
+                for _ in b:
+                    count += 1
+        elapsed = time.perf_counter() - t0
+        assert count == len(chunks)
+        return elapsed
+
+    return trio.run(main)
+
+
+def time_livekit_style(chunks: list[ChatChunk]) -> float:
+    """Producer task -> unbounded queue -> tee (consumer + metrics queues) -> metrics task."""
+
+    async def main() -> float:
+        source: asyncio.Queue[ChatChunk | None] = asyncio.Queue()
+        out: asyncio.Queue[ChatChunk | None] = asyncio.Queue()
+        metrics: asyncio.Queue[ChatChunk | None] = asyncio.Queue()
+        tokens = 0
+
+        async def produce() -> None:
+            for c in chunks:
+                source.put_nowait(c)
+                await asyncio.sleep(0)  # a network read yields to the loop
+            source.put_nowait(None)
+
+        async def tee() -> None:
+            while True:
+                item = await source.get()
+                out.put_nowait(item)
+                metrics.put_nowait(item)
+                if item is None:
+                    return
+
+        async def metrics_task() -> None:
+            nonlocal tokens
+            while (item := await metrics.get()) is not None:
+                tokens += 1
+
+        t0 = time.perf_counter()
+        tasks = [asyncio.create_task(f()) for f in (produce, tee, metrics_task)]
+        count = 0
+        while (item := await out.get()) is not None:
+            count += 1
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - t0
+        assert count == len(chunks) == tokens
+        return elapsed
+
+    return asyncio.run(main())
+
+
+def idle_stream_memory(options: APIConnectOptions, streams: int = 10_000) -> float:
+    """Bytes allocated per open, idle stream (its tasks, channels, scopes), counting the
+    caller's own task that holds the block open."""
+    llm = IdleLLM()
+
+    async def main() -> float:
+        ready = trio.Event()
+        opened = 0
+
+        async def hold(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            nonlocal opened
+            async with open_llm_stream(llm, chat_ctx=CTX, conn_options=options):
+                opened += 1
+                if opened == streams:
+                    ready.set()
+                await trio.sleep_forever()
+
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        async with trio.open_nursery() as nursery:
+            for _ in range(streams):
+                nursery.start_soon(hold)
+            await ready.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            gc.collect()
+            after = tracemalloc.get_traced_memory()[0]
+            nursery.cancel_scope.cancel()
+        tracemalloc.stop()
+        return (after - before) / streams
+
+    import trio.testing  # noqa: F401 - wait_all_tasks_blocked
+
+    return trio.run(main)
+
+
+def main() -> None:
+    chunks = make_chunks()
+    print(f"{N:,} chunks, best of {REPEATS} (µs per chunk)\n")
+    livekit = best(lambda: time_livekit_style(chunks)) / N * 1e6
+    rows = []
+    for batch in (1, 12):
+        ours = best(lambda: time_runtime(chunks, batch)) / N * 1e6  # noqa: B023
+        hop = best(lambda: time_bare_hop(chunks, batch)) / N * 1e6  # noqa: B023
+        rows.append((batch, ours, hop))
+    per_chunk_hop = best(lambda: time_bare_hop(chunks, 1)) / N * 1e6
+    print(f"{'chunks/read':>11} {'open_llm_stream':>16} {'bare hop (same reads)':>22} "
+          f"{'ratio':>6} {'vs livekit-style':>17}")
+    for batch, ours, hop in rows:
+        print(f"{batch:>11} {ours:>14.2f}µs {hop:>20.2f}µs {ours / hop:>5.2f}x "
+              f"{livekit / ours:>15.1f}x faster")
+    print(f"\nbare hop, one channel op per chunk: {per_chunk_hop:.2f} µs/chunk")
+    print(f"livekit-style asyncio pipeline:     {livekit:.2f} µs/chunk")
+    print(f"chunks/s through open_llm_stream: {1e6 / rows[0][1]:,.0f} (1/read), "
+          f"{1e6 / rows[1][1]:,.0f} (12/read)")
+    print("\nmemory per idle open stream, 10,000 open at once (with the caller's task):")
+    for name, options in (("default limits", APIConnectOptions()), ("no limits", NO_LIMITS)):
+        print(f"  {name:>14}: {idle_stream_memory(options) / 1024:.1f} KiB")
+
+
+if __name__ == "__main__":
+    main()
