@@ -24,6 +24,7 @@ import tracemalloc
 from collections.abc import Callable, Sequence
 
 import trio
+import trio.testing
 
 from trio_llmstream import (
     LLM,
@@ -141,13 +142,13 @@ def time_livekit_style(chunks: list[ChatChunk]) -> float:
 
         async def metrics_task() -> None:
             nonlocal tokens
-            while (item := await metrics.get()) is not None:
+            while await metrics.get() is not None:
                 tokens += 1
 
         t0 = time.perf_counter()
         tasks = [asyncio.create_task(f()) for f in (produce, tee, metrics_task)]
         count = 0
-        while (item := await out.get()) is not None:
+        while await out.get() is not None:
             count += 1
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - t0
@@ -187,8 +188,6 @@ def idle_stream_memory(options: APIConnectOptions, streams: int = 10_000) -> flo
             nursery.cancel_scope.cancel()
         tracemalloc.stop()
         return (after - before) / streams
-
-    import trio.testing  # noqa: F401 - wait_all_tasks_blocked
 
     return trio.run(main)
 
