@@ -49,6 +49,7 @@ from ._tools import FunctionTool as FunctionTool
 from ._tools import ToolCallHandle as ToolCallHandle
 from ._tools import ToolOutcome as ToolOutcome
 from ._tools import ToolOutcomeKind as ToolOutcomeKind
+from .providers.openai import OpenAILLM as OpenAILLM
 
 __version__ = "0.1.0"
 
@@ -80,6 +81,7 @@ __all__ = [
     "LLMStream",
     "LLMStreamError",
     "NamedToolChoice",
+    "OpenAILLM",
     "ProviderError",
     "RetriesExhaustedError",
     "StreamInterrupted",
