@@ -493,6 +493,23 @@ def test_openai_shaped_stream() -> None:
         assert decode(data[i : i + size] for i in range(0, len(data), size)) == expected
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"data: data: x\n\ndata: y\n\ndata: data: \n\ndata: z\n\n",
+        b"data: a\ndata: b\n\ndata: c\n\nevent: e\ndata: d\n\ndata: f\nid: 1\n\ndata: g\n\n",
+        b"data: a\n\n\ndata: b\n\n: c\n\ndata: d\n\ndata:e\n\nretry: 5\n\ndata: f\n\n",
+    ],
+)
+def test_every_two_and_three_way_split(data: bytes) -> None:
+    expected = decode([data])
+    assert (expected, None) == reference(data)
+    for i in range(len(data) + 1):
+        assert decode([data[:i], data[i:]]) == expected, i
+        for j in range(i, len(data) + 1, 3):
+            assert decode([data[:i], data[i:j], data[j:]]) == expected, (i, j)
+
+
 def test_openai_shaped_stream_with_other_blocks_mixed_in() -> None:
     data = (
         b"data: 1\n\n: keep-alive\n\ndata: 2\nid: 9\n\ndata: 3\n\nevent: error\ndata: 4\n\n"

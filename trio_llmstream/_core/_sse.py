@@ -36,9 +36,10 @@ the framing done on bytes, in C:
    ``data: ``, and if it holds no other LF it is exactly one data line: the piece *is* the event's
    data. One C-level test on the joined pieces checks that none holds an LF; then each event
    costs one decode and one allocation. The first piece ends whatever block was open when the
-   read began (usually the line cut by the previous read: joined to it, it is the same shortcut);
-   the last piece starts the unfinished block. Reads without the separator, and pieces that are
-   not a lone data line, go line by line through the general rules.
+   read began: usually the rest of a data line cut by the previous read, which joined to its
+   start is one more such piece, provided nothing else of its block came before. The last piece
+   starts the unfinished block. Reads without the separator, and pieces that are not a lone data
+   line, go line by line through the general rules.
 
 4. **Never rescan, and stay bounded.** The pending bytes are the unterminated current line, and
    by construction they hold no LF: that invariant is the scan offset. A new read is searched
@@ -283,48 +284,48 @@ class SSEDecoder:
             return
         last = pieces.pop()
 
-        # The first piece, then "\n\n": the end of whatever was open when the read began.
-        first = pieces[0]
-        if b"\n" in first or self._data or self._event or self._retry is not None:
-            self._lines(first + b"\n\n", events)
-        else:
-            # One line, the rest of the pending one, and the block has nothing else.
-            line = b"".join((self._partial, first)) if self._partial else first
+        # The first piece, then "\n\n", ends whatever was open when the read began. Usually
+        # that is a lone data line cut by the previous read, and it joins the others below.
+        head = pieces[0]
+        partial = self._partial
+        first = head
+        shortcut = len(partial) + len(head) <= self._window and not (
+            self._data or self._event or self._retry is not None
+        )
+        if shortcut and partial:
+            first = b"".join((partial, head))
+        if shortcut and first[:6] == b"data: ":
             self._partial = b""
-            if line[:6] == b"data: " and len(line) <= self._window:
+            pieces[0] = first[6:]
+        else:
+            # The general rules. _lines joins the pending line itself, without searching it.
+            del pieces[0]
+            self._lines(head + b"\n\n", events)
+
+        # Pieces without an LF are whole events (each is shorter than a window, so within
+        # both limits). One C-level test on them all is the usual case.
+        if b"\n" not in b"".join(pieces):
+            append = events.append
+            last_id = self._last_id
+            for value in pieces:
                 event = _new_event(ServerSentEvent)
                 _set_event(event, "message")
-                _set_data(event, line[6:].decode("utf-8", "replace"))
-                _set_id(event, self._last_id)
+                # A strict decode parses no arguments: measurably faster per event.
+                try:
+                    text = value.decode()
+                except UnicodeDecodeError:
+                    text = value.decode("utf-8", "replace")
+                _set_data(event, text)
+                _set_id(event, last_id)
                 _set_retry(event, None)
-                events.append(event)
-            else:
-                if len(line) > self._max_line:
-                    raise self._line_too_long()
-                self._line(line, events)
-                self._dispatch(events)
-
-        # Whole blocks that begin with "data: ". (Each is shorter than a window: no size checks.)
-        if len(pieces) > 1:
-            del pieces[0]
-            if b"\n" not in (pieces[0] if len(pieces) == 1 else b"".join(pieces)):
-                append = events.append
-                last_id = self._last_id
-                for value in pieces:
-                    event = _new_event(ServerSentEvent)
-                    _set_event(event, "message")
-                    # A strict decode parses no arguments: measurably faster per event.
-                    try:
-                        text = value.decode()
-                    except UnicodeDecodeError:
-                        text = value.decode("utf-8", "replace")
-                    _set_data(event, text)
-                    _set_id(event, last_id)
-                    _set_retry(event, None)
-                    append(event)
-            else:
-                for value in pieces:
+                append(event)
+        else:
+            for value in pieces:
+                if b"\n" in value:
                     self._lines(b"data: " + value + b"\n\n", events)
+                else:
+                    text = value.decode("utf-8", "replace")
+                    events.append(ServerSentEvent("message", text, self._last_id))
 
         # The unfinished block the read ends in.
         if b"\n" in last:
