@@ -468,6 +468,11 @@ def test_invalid_utf8_is_replaced() -> None:
     expected = [E(event="\ufffd", data="a\ufffdb\ufffd\n\ufffd")]
     assert_same_for_all_chunkings(data, expected)
     assert reference(data) == (expected, None)
+    # The same, on the shortcut for runs of lone data lines.
+    data = b"data: a\n\ndata: \xff\n\ndata: \xe2\x82\n\ndata: \xf0\x9f\x98\x80\xc3\n\ndata: b\n\n"
+    expected = [E(data=x) for x in ["a", "\ufffd", "\ufffd", "\U0001f600\ufffd", "b"]]
+    assert_same_for_all_chunkings(data, expected)
+    assert reference(data) == (expected, None)
 
 
 def test_line_break_like_characters_are_not_line_ends() -> None:
