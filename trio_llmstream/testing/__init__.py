@@ -1,16 +1,82 @@
-"""Public helpers for testing code built on trio_llmstream: a scripted in-memory provider,
-hypothesis strategies for chunk sequences and fault plans, and a loopback mock server."""
+"""Public helpers for testing code built on trio_llmstream.
 
+- A scripted in-memory provider (``ScriptedLLM``) playing per-attempt chunks and faults;
+- hypothesis strategies for chunk sequences and fault plans (``trio_llmstream.testing.strategies``,
+  imported separately since it needs hypothesis);
+- a loopback mock OpenAI-compatible server (``open_mock_server``) that plays scripted
+  responses and faults over real HTTP, with builders for realistic chunk streams.
+"""
+
+from ._script import DEFAULT_COMPLETION_ID as DEFAULT_COMPLETION_ID
+from ._script import DEFAULT_CREATED as DEFAULT_CREATED
+from ._script import DEFAULT_MODEL as DEFAULT_MODEL
+from ._script import ChunkEvent as ChunkEvent
+from ._script import Delay as Delay
+from ._script import DoneEvent as DoneEvent
+from ._script import DropConnection as DropConnection
+from ._script import EndStream as EndStream
+from ._script import ErrorEvent as ErrorEvent
+from ._script import KeepAlive as KeepAlive
+from ._script import MalformedEvent as MalformedEvent
+from ._script import MockResponse as MockResponse
+from ._script import RawBytes as RawBytes
+from ._script import ResponseLike as ResponseLike
+from ._script import ServerFault as ServerFault
+from ._script import Stall as Stall
+from ._script import StreamStep as StreamStep
+from ._script import chat_chunk as chat_chunk
+from ._script import error_response as error_response
+from ._script import inject_fault as inject_fault
+from ._script import json_response as json_response
+from ._script import sse_response as sse_response
+from ._script import text_stream as text_stream
+from ._script import tool_call_stream as tool_call_stream
+from ._script import usage_chunk as usage_chunk
 from ._scripted import Fault as Fault
 from ._scripted import FaultKind as FaultKind
 from ._scripted import ScriptedAttempt as ScriptedAttempt
 from ._scripted import ScriptedLLM as ScriptedLLM
 from ._scripted import text_chunks as text_chunks
+from ._server import Handler as Handler
+from ._server import MockLLMServer as MockLLMServer
+from ._server import RecordedRequest as RecordedRequest
+from ._server import ResponseOutcome as ResponseOutcome
+from ._server import open_mock_server as open_mock_server
 
 __all__ = [
+    "ChunkEvent",
+    "DEFAULT_COMPLETION_ID",
+    "DEFAULT_CREATED",
+    "DEFAULT_MODEL",
+    "Delay",
+    "DoneEvent",
+    "DropConnection",
+    "EndStream",
+    "ErrorEvent",
     "Fault",
     "FaultKind",
+    "Handler",
+    "KeepAlive",
+    "MalformedEvent",
+    "MockLLMServer",
+    "MockResponse",
+    "RawBytes",
+    "RecordedRequest",
+    "ResponseLike",
+    "ResponseOutcome",
     "ScriptedAttempt",
     "ScriptedLLM",
+    "ServerFault",
+    "Stall",
+    "StreamStep",
+    "chat_chunk",
+    "error_response",
+    "inject_fault",
+    "json_response",
+    "open_mock_server",
+    "sse_response",
     "text_chunks",
+    "text_stream",
+    "tool_call_stream",
+    "usage_chunk",
 ]
