@@ -14,7 +14,6 @@ server speaking the same wire format.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import os
 import time
@@ -176,6 +175,28 @@ def _error_message(body: bytes) -> tuple[str, object]:
     return text[:300], parsed
 
 
+async def _unwind(response: httpx.Response, body: AsyncIterator[bytes]) -> None:
+    """Close ``response`` and let httpx's chain of body generators finish.
+
+    Leaving ``aiter_bytes()`` early (an error, [DONE] before the end of the body, or
+    cancellation while the consumer holds us up) leaves httpx's inner async generators
+    suspended; garbage-collected later, trio reports each as a ResourceWarning (httpx #3686),
+    and closing the outer generator does not reach the inner ones. Closing the response and
+    resuming the outer generator makes the innermost read fail, and that exception unwinds
+    every level. Shielded and bounded: it runs also when the attempt is being cancelled.
+    """
+    if getattr(body, "ag_frame", True) is None:  # the generator already finished
+        return
+    with trio.CancelScope(shield=True):
+        await response.aclose()
+        with trio.move_on_after(1.0):
+            try:
+                async for _ in body:
+                    pass
+            except Exception:
+                pass  # the response is closed: an error here is expected
+
+
 def _wire_message(message: ChatMessage) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role}
     if message.role == "assistant":
@@ -313,8 +334,11 @@ class OpenAILLM(LLM):
         content_type = response.headers.get("content-type", "")
         if content_type.startswith("application/json"):
             raise await self._json_instead_of_stream(response, request_id)
-        async with contextlib.aclosing(response.aiter_bytes()) as body:  # type: ignore[type-var]
+        body = response.aiter_bytes()
+        try:
             await self._stream_body(body, emit, request_id)
+        finally:
+            await _unwind(response, body)
 
     async def _stream_body(
         self, body: AsyncIterator[bytes], emit: ChunkEmitter, request_id: str | None
