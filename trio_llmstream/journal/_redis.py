@@ -1,0 +1,449 @@
+"""``RedisJournal``: runs in Redis Streams, shared by every process that uses the same Redis.
+
+Layout. A run has two keys with the same hash tag (so they live on one cluster slot and a
+Lua script may touch both): ``{prefix}:{<run id>}:e``, a Redis Stream holding the entries,
+and ``{prefix}:{<run id>}:m``, a hash with ``last`` (the last seq stored), ``end`` (the
+terminal entry's seq, once there is one) and ``hb`` (the writer's last activity, in ms of the
+*Redis server's* clock, so that processes whose clocks disagree still agree on idleness).
+
+Entries are stream entries whose ID is ``<seq>-0``: reading after a position is ``XRANGE
+key (seq+1)-0 +`` and waiting for the next is ``XREAD BLOCK ms STREAMS key <seq>-0``, with no
+translation table. Each entry has two fields, ``k`` (``c`` for a chunk, ``e`` for the end) and
+``d`` (the wire JSON of ``_entry``).
+
+Every write is one Lua script, so atomic: ``append`` checks the run exists, skips entries
+already stored (idempotent retries), refuses a gap and any new entry after a terminal one,
+then ``XADD``\\ s with ``MAXLEN ~ maxlen`` and refreshes ``last``, ``hb`` and both keys'
+TTL (``PEXPIRE``). ``seal_abandoned`` checks and seals in one script too, so a writer that
+comes back at that moment either wins (its write lands first) or finds the run closed.
+
+Errors are translated at one place, :meth:`RedisJournal._call`: connection errors, timeouts
+(``command_timeout``, enforced with a trio deadline), "loading" and read-only replies become
+``JournalUnavailable`` (retryable); any other Redis error is a ``JournalError``.
+
+coredis runs on trio through anyio. Its client is an async context manager that owns a task
+group for its connections: :func:`open_redis_journal` enters it for the caller, so the
+connections live inside the caller's nursery tree. A blocked ``XREAD`` holds one connection
+of the pool for its duration, so the pool's ``max_connections`` bounds concurrent followers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from ._base import Journal, JournalPage, RunInfo, check_page, check_run_id
+from ._entry import (
+    JournalEntry,
+    decode_chunk,
+    decode_end,
+    encode_chunk,
+    encode_end,
+)
+from ._errors import (
+    JournalCorrupted,
+    JournalError,
+    JournalUnavailable,
+    RunClosed,
+    RunExists,
+    RunNotFound,
+)
+from ._memory import abandoned_end
+
+if TYPE_CHECKING:
+    import coredis
+    from coredis.commands.script import Script
+
+__all__ = ["RedisJournal", "open_redis_journal"]
+
+T = TypeVar("T")
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: entries, meta. ARGV: ttl_ms. -> 1 created, 0 exists.
+_CREATE = _NOW + """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'last', 0, 'hb', now)
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: entries, meta. ARGV: ttl_ms, maxlen, first seq, then kind, data per entry.
+# -> {1, last} stored (or already stored); {-1, 0} no run; {-2, last} gap; {-3, end} closed;
+#    {-4, 0} malformed batch (a terminal entry not last).
+_APPEND = _NOW + """
+local last = redis.call('HGET', KEYS[2], 'last')
+if not last then return {-1, 0} end
+last = tonumber(last)
+local first = tonumber(ARGV[3])
+local n = (#ARGV - 3) / 2
+if first + n - 1 <= last then return {1, last} end
+local endseq = redis.call('HGET', KEYS[2], 'end')
+if endseq then return {-3, tonumber(endseq)} end
+local skip = last + 1 - first
+if skip < 0 then return {-2, last} end
+for i = 0, n - 2 do
+  if ARGV[4 + 2 * i] ~= 'c' then return {-4, 0} end
+end
+local seq = last
+for i = skip, n - 1 do
+  seq = first + i
+  local kind = ARGV[4 + 2 * i]
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'k', kind,
+             'd', ARGV[5 + 2 * i])
+  if kind == 'e' then redis.call('HSET', KEYS[2], 'end', seq) end
+end
+redis.call('HSET', KEYS[2], 'last', seq, 'hb', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return {1, seq}
+"""
+
+# KEYS: entries, meta. ARGV: ttl_ms. -> 1 done, 0 ended (no-op), -1 no run.
+_HEARTBEAT = _NOW + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[2], 'end') == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'hb', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: entries, meta. ARGV: start id, count. -> {-1} no run;
+#    {1, last, end or -1, idle_ms, first seq or -1, {entries...}}
+_READ = _NOW + """
+local m = redis.call('HMGET', KEYS[2], 'last', 'end', 'hb')
+if not m[1] then return {-1} end
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local firstseq = -1
+if #oldest > 0 then firstseq = tonumber(string.match(oldest[1][1], '^(%d+)')) end
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+end
+return {1, tonumber(m[1]), tonumber(m[2] or -1), now - tonumber(m[3]), firstseq, entries}
+"""
+
+# KEYS: entries, meta. ARGV: idle limit ms, end data, ttl_ms, maxlen.
+# -> 1 sealed, 0 not (ended already, or not idle long enough), -1 no run.
+_SEAL = _NOW + """
+local m = redis.call('HMGET', KEYS[2], 'last', 'end', 'hb')
+if not m[1] then return -1 end
+if m[2] then return 0 end
+if now - tonumber(m[3]) < tonumber(ARGV[1]) then return 0 end
+local seq = tonumber(m[1]) + 1
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'k', 'e', 'd', ARGV[2])
+redis.call('HSET', KEYS[2], 'last', seq, 'end', seq)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+
+def _unavailable_types() -> tuple[type[BaseException], ...]:
+    from coredis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError
+
+    return (ConnectionError, BusyLoadingError, ReadOnlyError, TimeoutError, OSError)
+
+
+def _redis_error_type() -> type[BaseException]:
+    from coredis.exceptions import RedisError
+
+    return RedisError
+
+
+def _entry(identifier: bytes | str, fields: Any) -> JournalEntry:
+    # fields: a mapping (XREAD through coredis) or a flat [k, v, ...] list (from Lua).
+    if isinstance(identifier, str):
+        identifier = identifier.encode()
+    try:
+        seq = int(identifier.split(b"-", 1)[0])
+        if isinstance(fields, dict):
+            kind, data = fields[b"k"], fields[b"d"]
+        else:
+            pairs = dict(zip(fields[::2], fields[1::2], strict=True))
+            kind, data = pairs[b"k"], pairs[b"d"]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise JournalCorrupted(f"malformed stream entry {identifier!r}: {exc!r}") from exc
+    if kind == b"c":
+        return JournalEntry(seq, chunk=decode_chunk(data))
+    if kind == b"e":
+        return JournalEntry(seq, end=decode_end(data))
+    raise JournalCorrupted(f"stream entry {identifier!r} has unknown kind {kind!r}")
+
+
+class RedisJournal(Journal):
+    """A journal in Redis Streams, shared by every process using the same Redis.
+
+    ``client`` is a ``coredis.Redis`` with ``decode_responses=False``, already entered
+    (``async with client``) by the caller; :func:`open_redis_journal` does both. Keys start
+    with ``prefix``. Each run's keys expire ``ttl`` seconds after its last write or heartbeat
+    (``PEXPIRE`` at every write), and its stream keeps about ``maxlen`` entries (``XADD
+    MAXLEN ~``: Redis trims whole internal nodes, so a little more may stay). Every command
+    is bounded by ``command_timeout`` seconds; a blocking read by its wait plus that.
+    """
+
+    def __init__(
+        self,
+        client: coredis.Redis[bytes],
+        *,
+        prefix: str = "trio_llmstream",
+        ttl: float = 24 * 3600.0,
+        maxlen: int = 10_000,
+        command_timeout: float = 5.0,
+    ) -> None:
+        if not ttl > 0 or maxlen < 1 or not command_timeout > 0:
+            raise ValueError("ttl, maxlen and command_timeout must be positive")
+        if any(c in prefix for c in "{} "):
+            raise ValueError(f"the key prefix may not contain braces or spaces: {prefix!r}")
+        self.client = client
+        self.prefix = prefix
+        self.ttl = ttl
+        self.maxlen = maxlen
+        self.command_timeout = command_timeout
+        self._ttl_ms = max(1, math.ceil(ttl * 1000))
+        self._create: Script[bytes] = client.register_script(_CREATE)
+        self._append: Script[bytes] = client.register_script(_APPEND)
+        self._heartbeat: Script[bytes] = client.register_script(_HEARTBEAT)
+        self._read: Script[bytes] = client.register_script(_READ)
+        self._seal: Script[bytes] = client.register_script(_SEAL)
+        self._unavailable = _unavailable_types()
+        self._redis_error = _redis_error_type()
+
+    def __repr__(self) -> str:
+        return f"RedisJournal({self.client!r}, prefix={self.prefix!r})"
+
+    def keys(self, run_id: str) -> tuple[str, str]:
+        """The run's two keys: its entries stream and its meta hash."""
+        check_run_id(run_id)
+        base = f"{self.prefix}:{{{run_id}}}"
+        return f"{base}:e", f"{base}:m"
+
+    async def _call(
+        self, run_id: str, what: str, op: Callable[[], Awaitable[T]], limit: float
+    ) -> T:
+        # The one place where coredis's errors (and our time limit) become journal errors.
+        try:
+            with trio.move_on_after(limit) as scope:
+                return await op()
+        except self._unavailable as exc:
+            raise JournalUnavailable(
+                f"Redis unavailable ({what} of run {run_id!r}): {type(exc).__name__}: {exc}",
+                run_id=run_id,
+            ) from exc
+        except self._redis_error as exc:
+            raise JournalError(
+                f"Redis error ({what} of run {run_id!r}): {type(exc).__name__}: {exc}",
+                run_id=run_id,
+            ) from exc
+        assert scope.cancelled_caught
+        raise JournalUnavailable(
+            f"Redis did not answer within {limit:g} s ({what} of run {run_id!r})",
+            run_id=run_id,
+        )
+
+    def _not_found(self, run_id: str) -> RunNotFound:
+        return RunNotFound(
+            f"no run {run_id!r} in Redis (never created, deleted or expired)", run_id=run_id
+        )
+
+    async def create_run(self, run_id: str) -> None:
+        """See :meth:`Journal.create_run`. Cancellation: the run may or may not exist."""
+        keys = self.keys(run_id)
+
+        async def op() -> Any:
+            return await self._create(keys=keys, args=[self._ttl_ms])
+
+        if await self._call(run_id, "create", op, self.command_timeout) != 1:
+            raise RunExists(f"run {run_id!r} already exists", run_id=run_id)
+
+    async def append(self, run_id: str, entries: Sequence[JournalEntry]) -> int:
+        """See :meth:`Journal.append`. Cancellation: the batch may or may not be stored;
+        retrying it is safe."""
+        keys = self.keys(run_id)
+        if not entries:
+            return (await self.info(run_id)).last_seq
+        args: list[str | int | bytes] = [self._ttl_ms, self.maxlen, entries[0].seq]
+        for i, entry in enumerate(entries):
+            if entry.seq != entries[0].seq + i or (entry.end is not None and i < len(entries) - 1):
+                raise JournalCorrupted(
+                    f"run {run_id!r}: a batch holds consecutive entries, a terminal one last",
+                    run_id=run_id,
+                )
+            if entry.chunk is not None:
+                args += (b"c", encode_chunk(entry.chunk))
+            else:
+                assert entry.end is not None
+                args += (b"e", encode_end(entry.end))
+
+        async def op() -> Any:
+            return await self._append(keys=keys, args=args)
+
+        reply = await self._call(run_id, "append", op, self.command_timeout)
+        code, value = int(reply[0]), int(reply[1])
+        if code == 1:
+            return value
+        if code == -1:
+            raise self._not_found(run_id)
+        if code == -3:
+            raise RunClosed(
+                f"run {run_id!r} already ended (terminal entry {value})",
+                run_id=run_id,
+                end_seq=value,
+            )
+        if code == -2:
+            raise JournalCorrupted(
+                f"run {run_id!r}: write of seq {entries[0].seq} after {value} would leave a "
+                "gap (was the run's data lost, e.g. Redis restarted without persistence?)",
+                run_id=run_id,
+            )
+        raise JournalCorrupted(f"run {run_id!r}: malformed batch", run_id=run_id)
+
+    async def heartbeat(self, run_id: str) -> None:
+        """See :meth:`Journal.heartbeat`. Cancellation: harmless."""
+        keys = self.keys(run_id)
+
+        async def op() -> Any:
+            return await self._heartbeat(keys=keys, args=[self._ttl_ms])
+
+        if await self._call(run_id, "heartbeat", op, self.command_timeout) == -1:
+            raise self._not_found(run_id)
+
+    async def _page(self, run_id: str, keys: tuple[str, str], after: int, limit: int) -> (
+        JournalPage
+    ):
+        async def op() -> Any:
+            return await self._read(keys=keys, args=[f"{after + 1}-0", max(0, limit)])
+
+        reply = await self._call(run_id, "read", op, self.command_timeout)
+        if int(reply[0]) == -1:
+            raise self._not_found(run_id)
+        _, last, end, idle_ms, first, raw = reply
+        last = int(last)
+        first = int(first)
+        info = RunInfo(
+            run_id=run_id,
+            last_seq=last,
+            end_seq=None if int(end) < 0 else int(end),
+            first_seq=last + 1 if first < 0 else first,
+            idle=max(0, int(idle_ms)) / 1000,
+        )
+        entries = tuple(_entry(item[0], item[1]) for item in raw)
+        return check_page(run_id, after, JournalPage(entries, info))
+
+    async def read(
+        self, run_id: str, *, after: int = 0, limit: int = 256, wait: float = 0.0
+    ) -> JournalPage:
+        """See :meth:`Journal.read`: one script call, then, if nothing is there yet and
+        ``wait`` > 0, one ``XREAD BLOCK``. Cancellation: stops waiting (coredis drops the
+        blocked connection); nothing is consumed."""
+        if after < 0:
+            raise ValueError("after must be >= 0")
+        keys = self.keys(run_id)
+        page = await self._page(run_id, keys, after, limit)
+        block_ms = int(wait * 1000)
+        if page.entries or block_ms < 1 or page.info.ended or limit <= 0:
+            return page
+
+        async def op() -> Any:
+            return await self.client.xread({keys[0]: f"{after}-0"}, count=limit, block=block_ms)
+
+        reply = await self._call(run_id, "blocking read", op, wait + self.command_timeout)
+        raw = reply.get(keys[0].encode()) if reply else None
+        if not raw:
+            # Nothing came: look again for the state (how long the run has been idle).
+            return await self._page(run_id, keys, after, limit)
+        entries = tuple(_entry(item.identifier, item.field_values) for item in raw)
+        last = entries[-1]
+        info = RunInfo(
+            run_id=run_id,
+            last_seq=max(page.info.last_seq, last.seq),
+            end_seq=last.seq if last.end is not None else page.info.end_seq,
+            first_seq=page.info.first_seq,
+            idle=0.0,
+        )
+        return check_page(run_id, after, JournalPage(entries, info))
+
+    async def seal_abandoned(self, run_id: str, *, idle_limit: float) -> bool:
+        """See :meth:`Journal.seal_abandoned`: check and seal in one script.
+        Cancellation: the seal may or may not have been written."""
+        keys = self.keys(run_id)
+        data = encode_end(abandoned_end(run_id, idle_limit))
+        limit_ms = max(0, math.ceil(idle_limit * 1000 - 1e-6))
+
+        async def op() -> Any:
+            return await self._seal(keys=keys, args=[limit_ms, data, self._ttl_ms, self.maxlen])
+
+        reply = await self._call(run_id, "seal", op, self.command_timeout)
+        if reply == -1:
+            raise self._not_found(run_id)
+        return bool(reply == 1)
+
+    async def delete_run(self, run_id: str) -> None:
+        """See :meth:`Journal.delete_run`. Cancellation: the keys may or may not be gone."""
+        keys = self.keys(run_id)
+
+        async def op() -> Any:
+            return await self.client.delete(list(keys))
+
+        await self._call(run_id, "delete", op, self.command_timeout)
+
+
+@asynccontextmanager
+async def open_redis_journal(
+    url: str = "redis://127.0.0.1:6379/0",
+    *,
+    prefix: str = "trio_llmstream",
+    ttl: float = 24 * 3600.0,
+    maxlen: int = 10_000,
+    command_timeout: float = 5.0,
+    connect_timeout: float = 2.0,
+    max_connections: int | None = None,
+) -> AsyncIterator[RedisJournal]:
+    """Connect to Redis at ``url`` and yield a :class:`RedisJournal` for the block.
+
+    The coredis client (and its connection tasks) lives for the block, inside the caller's
+    task tree; leaving the block closes its connections. ``max_connections`` bounds the pool
+    (each live follower's blocking read holds one connection while it waits). Connecting is
+    lazy: an unreachable Redis shows as ``JournalUnavailable`` from the first operation.
+    An exception from the block propagates unchanged (not wrapped in an ExceptionGroup by
+    coredis's task group).
+
+    Cancellation: leaving the block by cancellation closes the connections and propagates.
+    """
+    try:
+        import coredis
+        from coredis.retry import NoRetryPolicy
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "RedisJournal needs coredis: pip install 'trio_llmstream[redis]'"
+        ) from exc
+    kwargs: dict[str, Any] = {"connect_timeout": connect_timeout}
+    if max_connections is not None:
+        kwargs["max_connections"] = max_connections
+    # No retries inside coredis: the recorder and followers retry, knowing what is safe.
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(
+        url, decode_responses=False, retry_policy=NoRetryPolicy(), **kwargs
+    )
+    journal = RedisJournal(
+        client, prefix=prefix, ttl=ttl, maxlen=maxlen, command_timeout=command_timeout
+    )
+    body_exc: BaseException | None = None
+    async with client:
+        try:
+            yield journal
+        except BaseException as exc:
+            body_exc = exc
+    if body_exc is not None:
+        try:
+            raise body_exc
+        finally:
+            body_exc = None
