@@ -175,6 +175,38 @@ def _error_message(body: bytes) -> tuple[str, object]:
     return text[:300], parsed
 
 
+class _RequestBody(httpx.AsyncByteStream):
+    """The request body as a stream whose iterator is not an async generator.
+
+    httpx wraps ``content=bytes`` in a stream iterated by an async generator; a send cut
+    short (cancellation, a dropped connection) leaves that generator suspended, and trio
+    reports it as a ResourceWarning when it is collected. A plain iterator has nothing to
+    finalize.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _Once(self._data)
+
+
+class _Once:
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data, self._data = self._data, None
+        if data is None:
+            raise StopAsyncIteration
+        return data
+
+
 async def _unwind(response: httpx.Response, body: AsyncIterator[bytes]) -> None:
     """Close ``response`` and let httpx's chain of body generators finish.
 
@@ -319,11 +351,16 @@ class OpenAILLM(LLM):
         connect = attempt.timeouts.connect
         timeout = httpx.Timeout(connect=connect, read=None, write=connect, pool=connect)
         content = _encoder.encode(self.build_body(request))
+        http_request = self._client.build_request(
+            "POST", self._url, content=content, headers=self._headers, timeout=timeout
+        )
+        http_request.stream = _RequestBody(content)
         try:
-            async with self._client.stream(
-                "POST", self._url, content=content, headers=self._headers, timeout=timeout
-            ) as response:
+            response = await self._client.send(http_request, stream=True)
+            try:
                 await self._read(response, emit)
+            finally:
+                await response.aclose()
         except HTTPXError as exc:
             raise translate_httpx_error(exc, connect_timeout=connect) from exc
 
