@@ -36,9 +36,13 @@ plain ``str``, which is one item. What the turn opens (factories' results, conte
 it closes; an iterable it was handed is closed with its ``aclose()``, if it has one, once its
 segment is over. A source that is never reached is never opened or touched.
 
-One after another. By default a segment's source is opened only after the consumer has
-received the previous segment's ``SegmentEnd``: an interruption never starts work for a
-segment behind the one being delivered. ``lookahead=n`` is the explicit opt-in to latency
+One after another. The first segment's source is opened when the block is entered (as
+``open_llm_stream`` sends its request at once). Each later one is opened only when the
+consumer, having received the previous segment's ``SegmentEnd``, asks for the next item: a
+consumer that interrupts on an end marker never has the next segment started, and in general
+an interruption never starts work for a segment behind the one being delivered. (The end
+marker being handed over is not enough: the scheduler may run the producer before the
+consumer has even looked at it.) ``lookahead=n`` is the explicit opt-in to latency
 hiding: while segment ``k`` is delivered, the sources of segments ``k+1 .. k+n`` are opened
 and read ahead in tasks of their own, into per-segment buffers of ``lookahead_items`` items.
 Their items still reach the consumer in order, and every hook below still fires at the
@@ -553,6 +557,8 @@ class Turn(Generic[T]):
         self._error_raised = False
         self._stopped = False
         self._receiving = False
+        self._after_end = False
+        self._next_wanted = trio.Event()
 
     # -- consumer side -------------------------------------------------------------------------
 
@@ -573,6 +579,9 @@ class Turn(Generic[T]):
             raise StopAsyncIteration
         if self._receiving:
             raise trio.BusyResourceError("another task is already iterating this turn")
+        if self._after_end:
+            # Asking for more after a segment's end: the next segment may open now.
+            self._next_wanted.set()
         self._receiving = True
         try:
             item = await self._recv.receive()
@@ -587,6 +596,7 @@ class Turn(Generic[T]):
         if self._stopped:
             # Taken after an interruption: it never reaches the consumer and counts for nothing.
             raise StopAsyncIteration
+        self._after_end = isinstance(item, SegmentEnd)
         self._received(item)
         return item
 
@@ -792,9 +802,11 @@ class Turn(Generic[T]):
                 await send.send(_Failed(exc))
 
     async def _run_segment(self, state: _SegmentState) -> None:
-        # The consumer may have interrupted between the previous end marker and now: open
-        # nothing then (checkpoint_if_cancelled raises only if the scope was cancelled).
-        await trio.lowlevel.checkpoint_if_cancelled()
+        if state.index > 0:
+            # The previous end marker was handed over, but the consumer may not have looked
+            # at it yet (the scheduler can run this task first): wait until it asks for more,
+            # so that a consumer interrupting on that marker never has the next one opened.
+            await self._next_wanted.wait()
         send = self._send
         started = False
         position = 0
@@ -819,6 +831,8 @@ class Turn(Generic[T]):
             raise error from exc
         if not started:
             await send.send(start)
+        # Set by the consumer's first ``__anext__`` after it received this end marker.
+        self._next_wanted = trio.Event()
         await send.send(SegmentEnd(state.id, state.index, state.label))
 
 
@@ -870,11 +884,13 @@ async def open_turn(
             async for item in turn:
                 ...
 
-    Sources are opened lazily, one after another, in the turn's own task; ``lookahead=n``
-    lets the next ``n`` segments be opened and read ahead into buffers of ``lookahead_items``
-    items. Async handlers run in ``handler_nursery`` when given (work that must outlive the
-    turn), else in the turn's own nursery. Raises ``ValueError`` for duplicate ids or bad
-    options and ``TypeError`` for something that is not a source, before anything starts.
+    Sources are opened lazily, one after another, in the turn's own task (the first on
+    entry, each later one when the consumer asks for more after the previous end marker);
+    ``lookahead=n`` lets the next ``n`` segments be opened and read ahead into buffers of
+    ``lookahead_items`` items. Async handlers run in ``handler_nursery`` when given (work that
+    must outlive the turn), else in the turn's own nursery. Raises ``ValueError`` for
+    duplicate ids or bad options and ``TypeError`` for something that is not a source, before
+    anything starts.
 
     Cancellation: leaving the block by ``break``, exception or outside cancellation stops the
     producer and closes the current source; later segments are never opened. If the turn
