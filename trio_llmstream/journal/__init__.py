@@ -49,6 +49,11 @@ from ._record import RecordResult as RecordResult
 from ._record import record as record
 from ._redis import RedisJournal as RedisJournal
 from ._redis import open_redis_journal as open_redis_journal
+from ._relay import RelayApp as RelayApp
+from ._relay import run_relay as run_relay
+from ._relay import serve_relay as serve_relay
+from ._sse import format_sse as format_sse
+from ._sse import parse_event_id as parse_event_id
 
 __all__ = [
     "DEFAULT_RECORD_OPTIONS",
@@ -66,6 +71,7 @@ __all__ = [
     "RecordOptions",
     "RecordResult",
     "RedisJournal",
+    "RelayApp",
     "RunClosed",
     "RunEnd",
     "RunExists",
@@ -78,6 +84,10 @@ __all__ = [
     "encode_chunk",
     "encode_end",
     "encode_entry",
+    "format_sse",
     "open_redis_journal",
+    "parse_event_id",
     "record",
+    "run_relay",
+    "serve_relay",
 ]
