@@ -24,6 +24,7 @@ from ._models import FunctionCall, ToolSpec
 
 __all__ = [
     "FunctionTool",
+    "ToolArgumentError",
     "ToolCallHandle",
     "ToolOutcome",
     "ToolOutcomeKind",
@@ -47,6 +48,10 @@ class FunctionTool:
         factory=lambda: {"type": "object", "properties": {}}
     )
     timeout: float | None = None
+    #: Turns the parsed JSON arguments into the keyword arguments of ``fn``: validates them
+    #: against ``parameters`` and converts values (enums, nested classes). Raises
+    #: ``ToolArgumentError`` with a message meant for the model. None: passed as they are.
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def spec(self) -> ToolSpec:
@@ -55,6 +60,10 @@ class FunctionTool:
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
+
+
+class ToolArgumentError(ValueError):
+    """The model's arguments for a tool call are invalid; the message is sent back to it."""
 
 
 class ToolOutcomeKind(enum.Enum):
@@ -161,6 +170,8 @@ async def run_tool_call(
         return
     try:
         args = _parse_arguments(call)
+        if tool.prepare is not None:
+            args = tool.prepare(args)
     except ValueError as exc:
         handle._set(
             ToolOutcome(
