@@ -1,0 +1,1018 @@
+"""OpenAI chat-completions streams: SSE events -> wire chunks -> assembled ``ChatChunk``s.
+
+The wire format, and what we make of it
+---------------------------------------
+
+With ``stream: true`` an OpenAI-compatible server (OpenAI, vLLM, Ollama's ``/v1``, llama.cpp,
+OpenRouter, Groq...) answers with server-sent events whose ``data`` is one JSON
+``chat.completion.chunk`` each, then ``data: [DONE]``. A chunk carries, per choice ``index``, a
+*delta*: a role (usually on the first chunk only), a piece of content, a piece of reasoning
+(``reasoning_content`` from vLLM/DeepSeek, ``reasoning`` from Ollama and newer vLLM) and
+*fragments* of tool calls; the chunk that ends a choice has its ``finish_reason``. Usage comes
+in a final ``choices: []`` chunk (OpenAI with ``stream_options.include_usage``) or on the finish
+chunk itself (llama.cpp). Each payload is decoded once, by msgspec, into the typed ``_Wire*``
+Structs below: unknown fields are skipped without being built, every field is optional, and
+``delta: null`` (Azure's content-filter chunks), empty choices and ``usage: null`` are all
+simply "nothing here".
+
+Text needs no merging: content and reasoning pieces are passed on as they come, each in the
+chunk that carried it. Tool calls do, because a call is useless until complete and the wire
+streams it in pieces: the first fragment for a call ``index`` carries its ``id`` and function
+``name``, the following ones slices of the ``arguments`` JSON text. So each choice keeps at most
+one *open* call, and its argument fragments are kept in a list and joined once, exactly as sent
+(the JSON is never parsed or re-serialised: the tool layer parses it, and reports bad JSON as a
+tool error, which the model can recover from). A call is complete, and delivered as a
+``FunctionCall`` in ``ChoiceDelta.tool_calls``, when
+
+- a fragment for another call starts in the same choice (servers stream calls one after the
+  other; a fragment for a call that already completed is a protocol error, not silently glued
+  onto the wrong call),
+- its choice's ``finish_reason`` arrives, even in the very chunk that carried its last fragment,
+- or the stream ends well (``[DONE]``, or every choice finished).
+
+Every fragment of a delta is processed, however many calls it touches: a delta holding three
+whole calls yields three calls (a known failure of other clients). Calls completed by one chunk
+are delivered together, in index order. Leniencies for servers seen in the wild: a fragment
+without ``index`` continues the open call (or starts the next index); a fragment whose ``id``
+differs from the open call's starts a new call even at the same index; a call without an id
+gets a deterministic one, ``call_<request id>_<choice>_<index>``. A complete call without a
+function name is a ``StreamProtocolError``: nothing could execute it.
+
+Only chunks that add something become ``ChatChunk``s: a role, non-empty content or reasoning, a
+completed call, a finish reason, or usage. A chunk carrying only argument fragments, or an empty
+or null delta, produces nothing, so a consumer never sees half a call.
+
+The state machine
+-----------------
+
+``STREAMING`` until one terminal, then ``FINISHED`` (``finished`` is True) for good; whatever
+arrives afterwards is consumed and ignored, so the ``[DONE]`` that servers send after an error
+event belongs to the same ending instead of being a second one.
+
+- ``data: [DONE]`` -> completed (``done``): open calls are flushed as one last chunk.
+- An error payload -> failed with ``ProviderError`` (the class decides retryability from the
+  server's type/code). It is a JSON object with a top-level ``error`` (an object with
+  message/type/code/param, or a string; OpenRouter sends it next to ``choices``, and it wins),
+  an ``"object": "error"`` body (older vLLM), or an SSE event of type ``error`` whose data is
+  JSON with or without the ``error`` wrapper, or plain text. Other event types are ignored.
+- Malformed JSON, JSON of the wrong shape, or a bound exceeded (tool-argument bytes per call,
+  calls per choice, choices) -> failed with ``StreamProtocolError`` (with an excerpt).
+- End of input (``end()``) with neither [DONE] nor an error: completed if every choice seen has
+  a finish reason (some servers omit [DONE]), open calls flushed; otherwise failed with
+  ``StreamTruncatedError`` and open calls dropped. A cut stream is never a silent success.
+
+Errors do not raise from ``feed``: a network read may complete several chunks and then an
+error, and raising would lose the chunks. ``feed`` returns what preceded the error and sets
+``error`` and ``finished``; the caller delivers, then raises ``error``.
+
+Speed
+-----
+
+This runs once per token, so the common chunk (one choice, content or reasoning only, for a
+choice seen before) takes a fast path: one msgspec decode, a handful of attribute tests and the
+three public objects. Building those was the largest cost: they are frozen slotted attrs
+classes, whose generated ``__init__`` stores each field through ``object.__setattr__``, about
+0.6 us per object here, as much as decoding the JSON. The fast path builds them through a
+private *twin* of each class instead: a subclass adding no slots (so the same memory layout)
+whose ``__init__`` and ``__setattr__`` are ``object``'s own, so that plain attribute stores
+compile to direct slot writes; once filled, the instance's ``__class__`` is set to the public
+class. The result is a genuine instance (``type(x) is ChatChunk``, equal to and frozen like a
+constructed one) for about 0.2 us. This is valid only while those classes have no validators,
+converters or post-init hooks and keep their fields; ``_check_fast_construction`` verifies that
+at import time, so a change to the model fails loudly instead of building wrong objects.
+
+``ChatCompletionParser`` adds the bytes level. It owns an ``SSEDecoder`` (the reference for the
+SSE rules) but first tries a shortcut that skips building a ``ServerSentEvent`` and a ``str``
+per event, and the per-line work. As long as the stream is LF-only (no CR seen) and did not
+start with a possible BOM, it keeps the bytes after the last ``\n\n`` (a block boundary) and
+cuts the complete blocks before it with one ``split(b"\n\ndata: ")``: a piece without LF is
+the JSON of a block that is one ``data: `` line, handed to msgspec as bytes. Any other piece is
+taken apart block by block: blank and single-line comment blocks are dropped (they change
+nothing, as in the decoder), single-line ``data:`` blocks still skip the decoder, and every
+other block is fed to the decoder whole, at a block boundary, where the decoder's state is
+exactly what it would have been had it seen everything. A CR, a possible BOM, or an unfinished
+block longer than the line/event bounds hands all further input to the decoder for good, from a
+block boundary, so nothing is lost or seen twice. Invalid UTF-8 that msgspec rejects is decoded
+the decoder's way (with replacement) before being judged. The tests check that the shortcut and
+the plain decoder give identical results on arbitrary input under any chunking.
+
+The SSE decoder's own bound errors (oversize line or event) are converted too: ``feed`` returns
+the chunks decoded before the violation and sets ``error``; they never propagate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Final, cast
+
+import attrs
+import msgspec
+
+from .._exceptions import APIError, ProviderError, StreamProtocolError, StreamTruncatedError
+from .._models import ChatChunk, ChatRole, Choice, ChoiceDelta, CompletionUsage, FunctionCall
+from ._sse import ServerSentEvent, SSEDecoder
+
+__all__ = [
+    "DEFAULT_MAX_CHOICES",
+    "DEFAULT_MAX_TOOL_ARGUMENT_BYTES",
+    "DEFAULT_MAX_TOOL_CALLS",
+    "ChatCompletionAssembler",
+    "ChatCompletionParser",
+]
+
+#: Bound on the argument bytes (UTF-8) of one tool call.
+DEFAULT_MAX_TOOL_ARGUMENT_BYTES: Final = 1 << 20
+#: Bound on the tool calls of one choice.
+DEFAULT_MAX_TOOL_CALLS: Final = 128
+#: Bound on the distinct choice indices of one stream (OpenAI allows n <= 128).
+DEFAULT_MAX_CHOICES: Final = 128
+
+# How much of an offending payload error messages quote.
+_EXCERPT = 120
+# How much of a plain-text error event becomes the error message.
+_MAX_MESSAGE = 2000
+_ROLES: Final = frozenset({"system", "user", "assistant", "tool"})
+
+
+# -- wire Structs ---------------------------------------------------------------------------------
+# gc=False: these hold only strings, ints and other such Structs, never cycles, so they need no
+# GC tracking (cheaper to create and to free).
+
+
+class _WireFunction(msgspec.Struct, gc=False):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _WireToolCall(msgspec.Struct, gc=False):
+    index: int | None = None
+    id: str | None = None
+    type: str | None = None
+    function: _WireFunction | None = None
+
+
+class _WireDelta(msgspec.Struct, gc=False):
+    role: str | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[_WireToolCall] | None = None
+
+
+class _WireChoice(msgspec.Struct, gc=False):
+    index: int = 0
+    delta: _WireDelta | None = None
+    finish_reason: str | None = None
+
+
+class _WirePromptDetails(msgspec.Struct, gc=False):
+    cached_tokens: int | None = None
+
+
+class _WireCompletionDetails(msgspec.Struct, gc=False):
+    reasoning_tokens: int | None = None
+
+
+class _WireUsage(msgspec.Struct, gc=False):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_tokens_details: _WirePromptDetails | None = None
+    completion_tokens_details: _WireCompletionDetails | None = None
+
+
+class _WireError(msgspec.Struct, gc=False):
+    message: str | None = None
+    type: str | None = None
+    code: str | int | None = None
+    param: Any = None
+
+
+class _WireChunk(msgspec.Struct, gc=False):
+    id: str | None = None
+    choices: list[_WireChoice] | None = None
+    usage: _WireUsage | None = None
+    error: _WireError | str | None = None
+
+
+_decode_chunk: Final = msgspec.json.Decoder(_WireChunk).decode
+_decode_any: Final = msgspec.json.Decoder().decode
+
+
+# -- cheap construction of the public objects -----------------------------------------------------
+
+def _twin(cls: type) -> Callable[[], Any]:
+    # A throwaway subclass of a frozen slotted attrs class: no new slots (same memory layout),
+    # the plain C-level __init__/__setattr__/__delattr__ of ``object``. Its instances take
+    # attribute stores at full speed (the interpreter specialises them to direct slot writes);
+    # once filled, assigning ``__class__`` turns one into a genuine, frozen instance of ``cls``.
+    # The twin never escapes this module.
+    return cast(
+        "Callable[[], Any]",
+        type(
+            f"_Filling{cls.__name__}",
+            (cls,),
+            {
+                "__slots__": (),
+                "__init__": object.__init__,
+                "__setattr__": object.__setattr__,
+                "__delattr__": object.__delattr__,
+                "__module__": __name__,
+            },
+        ),
+    )
+
+
+_FillDelta: Final = _twin(ChoiceDelta)
+_FillChoice: Final = _twin(Choice)
+_FillChunk: Final = _twin(ChatChunk)
+
+# The fields each builder sets, in order; checked against the classes below.
+_FAST_FIELDS: Final = {
+    ChoiceDelta: ("role", "content", "tool_calls", "reasoning"),
+    Choice: ("delta", "index", "finish_reason"),
+    ChatChunk: ("request_id", "choices", "usage"),
+}
+
+
+def _check_fast_construction() -> None:
+    """Fail at import if the public classes no longer allow construction by filling slots."""
+    for cls, names in _FAST_FIELDS.items():
+        fields = attrs.fields(cls)
+        if tuple(f.name for f in fields) != names:
+            raise RuntimeError(f"{cls.__name__} fields changed; update _core/_openai.py")
+        if "__slots__" not in cls.__dict__ or hasattr(cls, "__attrs_post_init__"):
+            raise RuntimeError(f"{cls.__name__} must stay slotted, without post-init")
+        for f in fields:
+            if f.validator is not None or f.converter is not None:
+                raise RuntimeError(f"{cls.__name__}.{f.name} has a validator or converter")
+
+
+_check_fast_construction()
+
+
+def _delta(
+    role: ChatRole | None,
+    content: str | None,
+    tool_calls: list[FunctionCall],
+    reasoning: str | None,
+) -> ChoiceDelta:
+    d = _FillDelta()
+    d.role = role
+    d.content = content
+    d.tool_calls = tool_calls
+    d.reasoning = reasoning
+    d.__class__ = ChoiceDelta
+    return cast(ChoiceDelta, d)
+
+
+def _choice(delta: ChoiceDelta, index: int, finish_reason: str | None) -> Choice:
+    c = _FillChoice()
+    c.delta = delta
+    c.index = index
+    c.finish_reason = finish_reason
+    c.__class__ = Choice
+    return cast(Choice, c)
+
+
+def _chunk(request_id: str, choices: list[Choice], usage: CompletionUsage | None) -> ChatChunk:
+    k = _FillChunk()
+    k.request_id = request_id
+    k.choices = choices
+    k.usage = usage
+    k.__class__ = ChatChunk
+    return cast(ChatChunk, k)
+
+
+def _excerpt(text: str) -> str:
+    return repr(text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else ""))
+
+
+def _as_text(payload: str | bytes | bytearray) -> str:
+    # Exactly what the SSE decoder would have produced for these bytes.
+    if isinstance(payload, str):
+        return payload
+    return bytes(payload).decode("utf-8", "replace")
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+# -- assembly -------------------------------------------------------------------------------------
+
+
+class _OpenCall:
+    """A tool call still receiving fragments."""
+
+    __slots__ = ("call_id", "index", "name", "parts", "size")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.call_id: str | None = None
+        self.name: str | None = None
+        self.parts: list[str] = []
+        self.size = 0
+
+
+class _ChoiceState:
+    """What one choice index has accumulated."""
+
+    __slots__ = ("calls", "finish_reason", "index", "next_index", "open", "used")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.open: _OpenCall | None = None
+        self.calls = 0  # calls started, open one included
+        self.used: set[int] = set()  # indices of calls started
+        self.next_index = 0  # for fragments without an index
+        self.finish_reason: str | None = None
+
+
+class ChatCompletionAssembler:
+    """Turns the SSE events of one chat-completions stream into ``ChatChunk``s.
+
+    Feed events with :meth:`feed_events` as they arrive and call :meth:`end` when the input ends.
+    Neither raises for a problem in the stream: each returns the chunks produced before it, and
+    sets ``error`` (an ``APIError``) and ``finished``. Once ``finished``, input is ignored.
+
+    Attributes (read them, do not set them):
+
+    - ``finished``: a terminal was reached ([DONE], an error, or :meth:`end`).
+    - ``error``: the ``ProviderError`` / ``StreamProtocolError`` / ``StreamTruncatedError``
+      that ended the stream, or None.
+    - ``done``: ``data: [DONE]`` was seen.
+    - ``finish_reasons``: ``{choice index: finish reason}`` seen so far.
+    - ``request_id``: the ``id`` of the first chunk that had one, or None.
+    - ``usage``: the last usage the server reported, or None.
+
+    Synchronous and free of I/O: nothing here blocks, so there is no cancellation behaviour.
+    """
+
+    __slots__ = (
+        "_max_choices",
+        "_max_tool_argument_bytes",
+        "_max_tool_calls",
+        "_rid",
+        "_states",
+        "done",
+        "error",
+        "finish_reasons",
+        "finished",
+        "request_id",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_tool_argument_bytes: int = DEFAULT_MAX_TOOL_ARGUMENT_BYTES,
+        max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
+        max_choices: int = DEFAULT_MAX_CHOICES,
+    ) -> None:
+        if max_tool_argument_bytes < 0 or max_tool_calls < 1 or max_choices < 1:
+            raise ValueError("bounds must be positive")
+        self._max_tool_argument_bytes = max_tool_argument_bytes
+        self._max_tool_calls = max_tool_calls
+        self._max_choices = max_choices
+        self._states: dict[int, _ChoiceState] = {}
+        # request_id or "": what a chunk without an id of its own is labelled with.
+        self._rid = ""
+        self.finished = False
+        self.error: APIError | None = None
+        self.done = False
+        self.finish_reasons: dict[int, str] = {}
+        self.request_id: str | None = None
+        self.usage: CompletionUsage | None = None
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def feed_events(self, events: Iterable[ServerSentEvent]) -> list[ChatChunk]:
+        """Process events; return the chunks they complete, in order.
+
+        Never raises for stream problems (see the class docstring).
+        """
+        out: list[ChatChunk] = []
+        if self.finished:
+            return out
+        batch: list[str] = []
+        for event in events:
+            kind = event.event
+            if kind == "message":
+                batch.append(event.data)
+                continue
+            if batch:
+                self._payloads(batch, out)
+                batch = []
+                if self.finished:
+                    return out
+            if kind == "error":
+                self._fail(self._error_event(event.data))
+                return out
+            # Any other event type is not part of this protocol.
+        if batch:
+            self._payloads(batch, out)
+        return out
+
+    def end(self) -> list[ChatChunk]:
+        """The input ended: finish the stream and return any last chunk (flushed tool calls).
+
+        If neither ``[DONE]`` nor an error came, the stream is complete only if every choice
+        seen has a finish reason; otherwise ``error`` becomes ``StreamTruncatedError`` and
+        unfinished tool calls are dropped. Calling it again, or after a terminal, returns [].
+        """
+        out: list[ChatChunk] = []
+        if self.finished:
+            return out
+        states = self._states
+        if states and all(s.finish_reason is not None for s in states.values()):
+            try:
+                self._flush(out)
+            except APIError as exc:
+                self._fail(exc)
+                return out
+            self.finished = True
+        else:
+            self._fail(
+                StreamTruncatedError(
+                    "the stream ended without [DONE] or a finish reason",
+                    request_id=self.request_id,
+                )
+            )
+        return out
+
+    # -- the payload loop ------------------------------------------------------------------------
+
+    def _payloads(self, payloads: Iterable[str | bytes | bytearray], out: list[ChatChunk]) -> None:
+        # Handles the data of "message" events, as str (from events) or bytes (from the parser's
+        # shortcut). The fast path is inlined: it runs for almost every chunk of a stream.
+        if self.finished:
+            return
+        decode = _decode_chunk
+        states = self._states
+        append = out.append
+        try:
+            for payload in payloads:
+                try:
+                    wire = decode(payload)
+                except (msgspec.DecodeError, UnicodeDecodeError):
+                    # [DONE], malformed JSON, odd shapes, invalid UTF-8: all rare.
+                    self._odd_payload(payload, out)
+                    if self.finished:
+                        return
+                    continue
+                choices = wire.choices
+                if (
+                    choices is not None
+                    and len(choices) == 1
+                    and wire.usage is None
+                    and wire.error is None
+                ):
+                    choice = choices[0]
+                    delta = choice.delta
+                    if (
+                        delta is not None
+                        and delta.role is None
+                        and delta.tool_calls is None
+                        and choice.finish_reason is None
+                        and choice.index in states
+                    ):
+                        content = delta.content or None
+                        reasoning = delta.reasoning_content or delta.reasoning or None
+                        if content is not None or reasoning is not None:
+                            rid = wire.id
+                            if not rid:
+                                rid = self._rid
+                            elif self.request_id is None:
+                                self.request_id = self._rid = rid
+                            # _delta, _choice and _chunk, inlined.
+                            d = _FillDelta()
+                            d.role = None
+                            d.content = content
+                            d.tool_calls = []
+                            d.reasoning = reasoning
+                            d.__class__ = ChoiceDelta
+                            c = _FillChoice()
+                            c.delta = d
+                            c.index = choice.index
+                            c.finish_reason = None
+                            c.__class__ = Choice
+                            k = _FillChunk()
+                            k.request_id = rid
+                            k.choices = [c]
+                            k.usage = None
+                            k.__class__ = ChatChunk
+                            append(k)
+                        continue
+                self._wire_chunk(wire, payload, out)
+                if self.finished:
+                    return
+        except APIError as exc:
+            # A bound was exceeded (or a nameless call completed) in this chunk: the chunk is
+            # dropped, what came before it stays delivered.
+            self._fail(exc)
+
+    def _odd_payload(self, payload: str | bytes | bytearray, out: list[ChatChunk]) -> None:
+        text = _as_text(payload)
+        stripped = text.strip()
+        if stripped == "[DONE]":
+            self._flush(out)
+            self.done = True
+            self.finished = True
+            return
+        if not stripped:
+            return  # a blank data field carries nothing
+        try:
+            # Invalid UTF-8 inside a string: judge it as the decoder would have decoded it.
+            wire = _decode_chunk(text)
+        except msgspec.ValidationError as exc:
+            self._wrong_shape(text, exc)
+            return
+        except msgspec.DecodeError as exc:
+            self._fail(
+                StreamProtocolError(
+                    f"malformed JSON in a chunk ({exc}): {_excerpt(text)}",
+                    request_id=self.request_id,
+                )
+            )
+            return
+        self._wire_chunk(wire, text, out)
+
+    def _wrong_shape(self, text: str, exc: msgspec.ValidationError) -> None:
+        # Valid JSON that is not a chunk. It may still be an error report in a shape the typed
+        # Struct does not expect (an error object with odd field types, say).
+        try:
+            value = _decode_any(text)
+        except msgspec.DecodeError as malformed:
+            # The typed decoder stops at the first mismatch, before seeing the text is not even
+            # JSON (a string followed by garbage, say): it is malformed after all.
+            self._fail(
+                StreamProtocolError(
+                    f"malformed JSON in a chunk ({malformed}): {_excerpt(text)}",
+                    request_id=self.request_id,
+                )
+            )
+            return
+        if isinstance(value, dict):
+            err = value.get("error")
+            if err is not None:
+                self._fail(self._provider_error(err))
+                return
+            if value.get("object") == "error":
+                self._fail(self._provider_error(value))
+                return
+        self._fail(
+            StreamProtocolError(
+                f"unexpected JSON in a chunk ({exc}): {_excerpt(text)}",
+                request_id=self.request_id,
+            )
+        )
+
+    def _wire_chunk(
+        self, wire: _WireChunk, payload: str | bytes | bytearray, out: list[ChatChunk]
+    ) -> None:
+        # The general path: any chunk, any number of choices.
+        if wire.error is not None:
+            self._fail(self._provider_error(wire.error))
+            return
+        rid = wire.id
+        if rid:
+            if self.request_id is None:
+                self.request_id = self._rid = rid
+        else:
+            rid = self._rid
+        wire_choices = wire.choices
+        usage_wire = wire.usage
+        if wire_choices is None and usage_wire is None and wire.id is None:
+            # Nothing a chunk has: maybe a bare {"object": "error", "message": ...} body (older
+            # vLLM), whose fields the typed Struct skipped. Rare, so decode it again.
+            value = _decode_any(_as_text(payload))
+            if isinstance(value, dict) and value.get("object") == "error":
+                self._fail(self._provider_error(value))
+            return
+        choices: list[Choice] = []
+        states = self._states
+        for wc in wire_choices or ():
+            index = wc.index
+            state = states.get(index)
+            if state is None:
+                if len(states) >= self._max_choices:
+                    raise StreamProtocolError(
+                        f"more than {self._max_choices} choices in one stream",
+                        request_id=self.request_id,
+                    )
+                state = states[index] = _ChoiceState(index)
+            role: ChatRole | None = None
+            content = reasoning = None
+            done: list[tuple[int, FunctionCall]] = []
+            delta = wc.delta
+            if delta is not None:
+                if delta.role is not None:
+                    role = cast(ChatRole, delta.role if delta.role in _ROLES else "assistant")
+                content = delta.content or None
+                reasoning = delta.reasoning_content or delta.reasoning or None
+                if delta.tool_calls:
+                    self._fragments(state, delta.tool_calls, done)
+            finish = wc.finish_reason or None
+            if finish is not None:
+                state.finish_reason = self.finish_reasons[index] = finish
+                if state.open is not None:
+                    done.append(self._complete(state, state.open))
+                    state.open = None
+            if role is not None or content or reasoning or done or finish is not None:
+                if len(done) > 1:
+                    done.sort(key=_first)  # stable: equal indices keep their stream order
+                calls = [call for _, call in done]
+                choices.append(_choice(_delta(role, content, calls, reasoning), index, finish))
+        usage = None
+        if usage_wire is not None:
+            usage = self.usage = _usage(usage_wire)
+        if choices or usage is not None:
+            out.append(_chunk(rid, choices, usage))
+
+    # -- tool calls ------------------------------------------------------------------------------
+
+    def _fragments(
+        self,
+        state: _ChoiceState,
+        fragments: list[_WireToolCall],
+        done: list[tuple[int, FunctionCall]],
+    ) -> None:
+        for frag in fragments:
+            fn = frag.function
+            name = arguments = None
+            if fn is not None:
+                name = fn.name
+                arguments = fn.arguments
+            call_id = frag.id or None
+            index = frag.index
+            cur = state.open
+            if (
+                cur is None
+                or (index is not None and index != cur.index)
+                or (call_id is not None and cur.call_id is not None and call_id != cur.call_id)
+            ):
+                # A new call starts; the open one (if any) is complete.
+                if cur is not None:
+                    done.append(self._complete(state, cur))
+                    state.open = None
+                if index is None:
+                    index = state.next_index
+                if index in state.used and call_id is None:
+                    raise StreamProtocolError(
+                        f"tool call fragment for call {index} of choice {state.index}, which "
+                        "had already completed",
+                        request_id=self.request_id,
+                    )
+                if state.calls >= self._max_tool_calls:
+                    raise StreamProtocolError(
+                        f"more than {self._max_tool_calls} tool calls in choice {state.index}",
+                        request_id=self.request_id,
+                    )
+                cur = state.open = _OpenCall(index)
+                state.calls += 1
+                state.used.add(index)
+                if index >= state.next_index:
+                    state.next_index = index + 1
+            if cur.call_id is None and call_id is not None:
+                cur.call_id = call_id
+            if not cur.name and name:
+                cur.name = name
+            if arguments:
+                cur.size += _utf8_len(arguments)
+                if cur.size > self._max_tool_argument_bytes:
+                    raise StreamProtocolError(
+                        f"tool call {cur.index} of choice {state.index}: arguments exceed "
+                        f"{self._max_tool_argument_bytes} bytes",
+                        request_id=self.request_id,
+                    )
+                cur.parts.append(arguments)
+
+    def _complete(self, state: _ChoiceState, call: _OpenCall) -> tuple[int, FunctionCall]:
+        if not call.name:
+            raise StreamProtocolError(
+                f"tool call {call.index} of choice {state.index} has no function name",
+                request_id=self.request_id,
+            )
+        call_id = call.call_id or f"call_{self._rid or 'stream'}_{state.index}_{call.index}"
+        return call.index, FunctionCall(call_id, call.name, "".join(call.parts))
+
+    def _flush(self, out: list[ChatChunk]) -> None:
+        # The stream completed: every open call is complete. One chunk, choices in index order.
+        choices: list[Choice] = []
+        for index in sorted(self._states):
+            state = self._states[index]
+            if state.open is not None:
+                _, call = self._complete(state, state.open)
+                state.open = None
+                choices.append(_choice(_delta(None, None, [call], None), index, None))
+        if choices:
+            out.append(_chunk(self._rid, choices, None))
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def _fail(self, error: APIError) -> None:
+        self.error = error
+        self.finished = True
+
+    def _provider_error(self, err: object) -> ProviderError:
+        message: object = None
+        type_: object = None
+        code: object = None
+        if isinstance(err, _WireError):
+            message, type_, code = err.message, err.type, err.code
+        elif isinstance(err, dict):
+            message, type_, code = err.get("message"), err.get("type"), err.get("code")
+            if message is None and isinstance(err.get("error"), str):
+                message = err["error"]
+        elif isinstance(err, str):
+            message = err
+        else:
+            message = msgspec.json.encode(err).decode()
+        text = message if isinstance(message, str) else None
+        if text is None and message is not None:
+            text = msgspec.json.encode(message).decode()
+        if not text:
+            text = "the server reported an error in the stream"
+        if type_ is not None and not isinstance(type_, str):
+            type_ = str(type_)
+        if code is not None and (isinstance(code, bool) or not isinstance(code, str | int)):
+            code = str(code)
+        return ProviderError(text[:_MAX_MESSAGE], type=type_, code=code, request_id=self.request_id)
+
+    def _error_event(self, data: str) -> ProviderError:
+        # ``event: error``: JSON with or without an "error" wrapper, or plain text.
+        try:
+            value = _decode_any(data)
+        except msgspec.DecodeError:
+            value = None
+        if isinstance(value, dict):
+            inner = value.get("error")
+            if inner is not None:
+                return self._provider_error(inner)
+            if any(key in value for key in ("message", "type", "code")):
+                return self._provider_error(value)
+        elif isinstance(value, str) and value:
+            return self._provider_error(value)
+        text = data.strip()
+        return self._provider_error(text or "the server sent an error event")
+
+
+def _first(item: tuple[int, FunctionCall]) -> int:
+    return item[0]
+
+
+def _usage(u: _WireUsage) -> CompletionUsage:
+    prompt = u.prompt_tokens or 0
+    completion = u.completion_tokens or 0
+    total = u.total_tokens if u.total_tokens is not None else prompt + completion
+    ptd = u.prompt_tokens_details
+    ctd = u.completion_tokens_details
+    return CompletionUsage(
+        completion_tokens=completion,
+        prompt_tokens=prompt,
+        total_tokens=total,
+        cached_tokens=ptd.cached_tokens if ptd is not None else None,
+        reasoning_tokens=ctd.reasoning_tokens if ctd is not None else None,
+    )
+
+
+# -- the bytes level ------------------------------------------------------------------------------
+
+
+class ChatCompletionParser:
+    """Bytes of a chat-completions response body -> ``ChatChunk``s.
+
+    Owns an :class:`SSEDecoder` and a :class:`ChatCompletionAssembler` (``decoder`` and
+    ``assembler``). Call :meth:`feed` once per network read and :meth:`end` when the body
+    ends; the result is the same however the body is cut into reads. Neither raises for a
+    problem in the stream, including the decoder's own bounds (``max_line_size``,
+    ``max_event_size``): they return the chunks decoded before it and set ``error`` and
+    ``finished``. The usual loop::
+
+        chunks = parser.feed(data)
+        deliver(chunks)
+        if parser.error is not None:
+            raise parser.error
+        if parser.finished:
+            stop reading
+
+    ``finished``, ``error``, ``done``, ``finish_reasons``, ``request_id`` and ``usage`` are
+    the assembler's (see :class:`ChatCompletionAssembler`). Synchronous and free of I/O: there
+    is no cancellation behaviour.
+    """
+
+    __slots__ = ("_fast", "_limit", "_pending", "_primed", "_started", "assembler", "decoder")
+
+    def __init__(
+        self,
+        *,
+        max_line_size: int = 1 << 20,
+        max_event_size: int = 1 << 20,
+        max_tool_argument_bytes: int = DEFAULT_MAX_TOOL_ARGUMENT_BYTES,
+        max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
+        max_choices: int = DEFAULT_MAX_CHOICES,
+    ) -> None:
+        self.decoder = SSEDecoder(max_line_size, max_event_size)
+        self.assembler = ChatCompletionAssembler(
+            max_tool_argument_bytes=max_tool_argument_bytes,
+            max_tool_calls=max_tool_calls,
+            max_choices=max_choices,
+        )
+        # The shortcut (see the module essay) is on until something needs the full rules.
+        self._fast = True
+        # A block at most this long is within both SSE bounds, whatever it holds.
+        self._limit = min(max_line_size, max_event_size)
+        # Shortcut mode: the unfinished block after the last "\n\n" (a block boundary).
+        self._pending = bytearray()
+        self._started = False
+        # Whether the decoder has been started on this stream (see _prime).
+        self._primed = False
+
+    @property
+    def finished(self) -> bool:
+        return self.assembler.finished
+
+    @property
+    def error(self) -> APIError | None:
+        return self.assembler.error
+
+    @property
+    def done(self) -> bool:
+        return self.assembler.done
+
+    @property
+    def finish_reasons(self) -> dict[int, str]:
+        return self.assembler.finish_reasons
+
+    @property
+    def request_id(self) -> str | None:
+        return self.assembler.request_id
+
+    @property
+    def usage(self) -> CompletionUsage | None:
+        return self.assembler.usage
+
+    def feed(self, data: bytes) -> list[ChatChunk]:
+        """Process the next read of the body; return the chunks it completes, in order.
+
+        Input after the stream finished is consumed and ignored.
+        """
+        asm = self.assembler
+        if asm.finished or not data:
+            return []
+        if type(data) is not bytes:
+            data = bytes(data)
+        out: list[ChatChunk] = []
+        if not self._fast:
+            self._to_decoder(data, out)
+            return out
+        if not self._started:
+            self._started = True
+            if data[0] == 0xEF:
+                # Perhaps a BOM: the decoder's business, from the very first byte.
+                self._primed = True
+                self._leave_fast(data, out)
+                return out
+        if 13 in data:
+            # CR line endings: splitting at LF LF would be wrong.
+            self._leave_fast(data, out)
+            return out
+        pending = self._pending
+        # Only the new bytes can hold a new separator (one may straddle the two reads).
+        start = len(pending) - 1
+        pending += data
+        cut = pending.rfind(b"\n\n", start if start > 0 else 0)
+        if cut < 0:
+            if len(pending) > self._limit:
+                self._leave_fast(b"", out)
+            return out
+        # Everything before the last LF LF is whole blocks; the rest is an unfinished one.
+        region = pending[:cut]
+        del pending[: cut + 2]
+        self._blocks(region, out)
+        if len(pending) > self._limit and not asm.finished:
+            self._leave_fast(b"", out)
+        return out
+
+    def _blocks(self, region: bytearray, out: list[ChatChunk]) -> None:
+        # ``region`` is whole blocks (their final LF LF cut off), starting at a block boundary.
+        # Splitting at LF LF "data: " cuts out the typical block's JSON in one C call: a piece
+        # without LF is exactly one block that is a single "data: " line (a block never
+        # contains LF LF, so the separator cannot fall inside one). The first piece still has
+        # its "data: ". Any piece with an LF in it holds other kinds of blocks and is taken
+        # apart by _irregular.
+        asm = self.assembler
+        pieces = region.split(b"\n\ndata: ")
+        first = pieces[0]
+        small = len(region) <= self._limit - 6  # then no piece can exceed an SSE bound
+        batch: list[bytearray] = []
+        if first[:6] == b"data: " and 10 not in first and small:
+            batch.append(first[6:])
+        elif first:
+            self._irregular(first, out)
+            if asm.finished:
+                return
+        for i in range(1, len(pieces)):
+            piece = pieces[i]
+            if 10 not in piece and small:
+                batch.append(piece)
+                continue
+            if batch:
+                asm._payloads(batch, out)
+                batch = []
+                if asm.finished:
+                    return
+            self._irregular(b"data: " + piece, out)
+            if asm.finished:
+                return
+        if batch:
+            asm._payloads(batch, out)
+
+    def _irregular(self, raw: bytes | bytearray, out: list[ChatChunk]) -> None:
+        # Whole blocks of any kind, in order. A single-line data block still skips the decoder;
+        # blank and single-line comment blocks change nothing and are dropped, as the decoder
+        # would; anything else is handed to the decoder whole.
+        asm = self.assembler
+        limit = self._limit
+        for block in raw.split(b"\n\n"):
+            if not block:
+                continue
+            if 10 not in block and len(block) <= limit:
+                if block[:6] == b"data: ":
+                    asm._payloads((block[6:],), out)
+                elif block[:5] == b"data:":
+                    asm._payloads((block[5:],), out)
+                elif block[:1] == b":":
+                    continue
+                else:
+                    self._prime()
+                    self._to_decoder(bytes(block) + b"\n\n", out)
+            else:
+                self._prime()
+                self._to_decoder(bytes(block) + b"\n\n", out)
+            if asm.finished:
+                return
+
+    def end(self) -> list[ChatChunk]:
+        """The body ended: finish the stream (see :meth:`ChatCompletionAssembler.end`).
+
+        An unterminated last block is discarded, as the SSE rules require. Calling it again,
+        or after the stream finished, returns [].
+        """
+        asm = self.assembler
+        out: list[ChatChunk] = []
+        if asm.finished:
+            return out
+        if self._fast and self._pending:
+            # Let the decoder judge the unfinished block: it discards it, or reports a bound.
+            self._leave_fast(b"", out)
+        if not asm.finished:
+            try:
+                events = self.decoder.end()
+            except StreamProtocolError as exc:
+                asm._fail(exc)
+                return out
+            out.extend(asm.feed_events(events))
+        out.extend(asm.end())
+        return out
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _prime(self) -> None:
+        # The decoder only ever sees input from a block boundary. If it did not see the stream
+        # from its first byte, it must not take a later block's first bytes for the stream's
+        # BOM: a leading blank line (a no-op by the SSE rules) settles its BOM check.
+        if not self._primed:
+            self._primed = True
+            self.decoder.feed(b"\n")
+
+    def _leave_fast(self, data: bytes, out: list[ChatChunk]) -> None:
+        # From here on every byte goes through the decoder, starting at the block boundary
+        # where the pending bytes begin.
+        self._fast = False
+        self._prime()
+        rest = bytes(self._pending) + data
+        self._pending = bytearray()
+        if rest:
+            self._to_decoder(rest, out)
+
+    def _to_decoder(self, data: bytes, out: list[ChatChunk]) -> None:
+        decoder = self.decoder
+        asm = self.assembler
+        try:
+            events = decoder.feed(data)
+        except StreamProtocolError as exc:
+            asm._fail(exc)
+            return
+        deferred: StreamProtocolError | None = None
+        if events:
+            # The decoder returns the events before a bound violation and raises it on the
+            # next call: ask at once, so the error is reported with this read.
+            try:
+                decoder.feed(b"")
+            except StreamProtocolError as exc:
+                deferred = exc
+        out.extend(asm.feed_events(events))
+        if deferred is not None and not asm.finished:
+            asm._fail(deferred)
