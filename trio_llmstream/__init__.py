@@ -45,8 +45,14 @@ from ._options import APIConnectOptions as APIConnectOptions
 from ._options import Timeouts as Timeouts
 from ._stream import LLMStream as LLMStream
 from ._stream import open_llm_stream as open_llm_stream
+from ._tool_loop import StepEnd as StepEnd
+from ._tool_loop import ToolLoop as ToolLoop
+from ._tool_loop import ToolLoopEvent as ToolLoopEvent
+from ._tool_loop import run_tool_loop as run_tool_loop
 from ._tools import FunctionTool as FunctionTool
+from ._tools import ToolArgumentError as ToolArgumentError
 from ._tools import ToolCallHandle as ToolCallHandle
+from ._tools import ToolOptions as ToolOptions
 from ._tools import ToolOutcome as ToolOutcome
 from ._tools import ToolOutcomeKind as ToolOutcomeKind
 from .providers.openai import OpenAILLM as OpenAILLM
@@ -84,15 +90,21 @@ __all__ = [
     "OpenAILLM",
     "ProviderError",
     "RetriesExhaustedError",
+    "StepEnd",
     "StreamInterrupted",
     "StreamProtocolError",
     "StreamStatus",
     "StreamTruncatedError",
     "Timeouts",
+    "ToolArgumentError",
     "ToolCallHandle",
     "ToolChoice",
+    "ToolLoop",
+    "ToolLoopEvent",
+    "ToolOptions",
     "ToolOutcome",
     "ToolOutcomeKind",
     "ToolSpec",
     "open_llm_stream",
+    "run_tool_loop",
 ]

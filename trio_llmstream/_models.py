@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 import attrs
 
@@ -82,6 +82,14 @@ class ChatMessage:
             raise ValueError("only assistant messages carry tool_calls")
 
 
+class _ToolResultLike(Protocol):
+    @property
+    def call(self) -> FunctionCall: ...
+
+    @property
+    def output(self) -> str: ...
+
+
 @attrs.define
 class ChatContext:
     """A conversation: an ordered list of messages, grown with the helpers below.
@@ -124,6 +132,11 @@ class ChatContext:
         message = ChatMessage(role="tool", content=output, tool_call_id=call_id, name=name)
         self.messages.append(message)
         return message
+
+    def add_tool_outcomes(self, outcomes: Iterable[_ToolResultLike]) -> list[ChatMessage]:
+        """Append one ``tool`` message per outcome (anything with ``call`` and ``output``, such
+        as ``ToolOutcome``), in the order given; return them."""
+        return [self.add_tool_result(o.call, o.output) for o in outcomes]
 
     def copy(self) -> ChatContext:
         return ChatContext(list(self.messages))

@@ -11,7 +11,8 @@ Structure. ``open_llm_stream`` opens one nursery in the caller's task and runs i
   loop closes their channel, then delivers exactly one ``LLMMetrics`` (the shield guarantees
   delivery on cancellation; it cannot hang because the loop always closes the channel). Between
   observations it sleeps until the running attempt's nearest time limit and enforces it;
-- *tool-call tasks* started by ``execute_functions()``, each in a cancel scope of its own.
+- *tool-call tasks*, started as soon as a complete call reaches the consumer (eager execution)
+  or by ``execute_functions()``, each in a cancel scope of its own.
 
 Commit point. An attempt commits when the consumer has *received* visible output. The channel
 has no buffer by default, so ``send`` returning means the consumer took the batch. Before the
@@ -39,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -72,7 +73,9 @@ from ._models import (
     ToolSpec,
 )
 from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Timeouts
-from ._tools import FunctionTool, ToolCallHandle, run_tool_call
+from ._tools import FunctionTool, ToolCallHandle, ToolOptions, ToolOutcome, run_tool_call
+
+DEFAULT_TOOL_OPTIONS = ToolOptions()
 
 __all__ = ["LLMStream", "open_llm_stream"]
 
@@ -99,8 +102,10 @@ class _Accumulator:
         self.usage: CompletionUsage | None = None
         self.request_id: str | None = None
 
-    def add(self, batch: Sequence[ChatChunk]) -> None:
+    def add(self, batch: Sequence[ChatChunk]) -> list[FunctionCall] | None:
+        """Fold ``batch`` in; return the tool calls it completed, if any."""
         text, reasoning = self.text, self.reasoning
+        new: list[FunctionCall] | None = None
         for chunk in batch:
             if chunk.usage is not None:
                 self.usage = chunk.usage
@@ -118,10 +123,14 @@ class _Accumulator:
                     reasoning[index].append(delta.reasoning)
                 if delta.tool_calls:
                     self.calls[index].extend(delta.tool_calls)
+                    if new is None:
+                        new = []
+                    new.extend(delta.tool_calls)
                 if choice.finish_reason is not None:
                     self.finish[index] = choice.finish_reason
         if batch and self.request_id is None:
             self.request_id = batch[0].request_id
+        return new
 
     def all_calls(self) -> list[FunctionCall]:
         return [call for index in sorted(self.calls) for call in self.calls[index]]
@@ -264,7 +273,9 @@ class _AttemptEmitter:
         finally:
             self._paused = False
             self.last_data_at = trio.current_time()
-        self._stream._acc.add(batch)
+        calls = self._stream._acc.add(batch)
+        if calls is not None:
+            self._stream._on_calls_delivered(calls)
 
     async def finish(self) -> None:
         """The attempt succeeded: deliver what was held back (an output-less response)."""
@@ -303,6 +314,7 @@ class LLMStream:
         request: ChatRequest,
         conn_options: APIConnectOptions,
         tools: Mapping[str, FunctionTool],
+        tool_options: ToolOptions = DEFAULT_TOOL_OPTIONS,
         on_metrics: Sequence[MetricsCallback],
         buffer_size: int,
         rng: random.Random,
@@ -313,6 +325,16 @@ class LLMStream:
         self._request = request
         self._options = conn_options
         self._tools = tools
+        self._tool_options = tool_options
+        self._spec_names = frozenset(spec.name for spec in request.tools)
+        # Eager execution only makes sense when the stream has something to run.
+        self._eager = tool_options.eager and bool(tools)
+        self._limiter = (
+            None
+            if tool_options.max_concurrency is None
+            else trio.CapacityLimiter(tool_options.max_concurrency)
+        )
+        self._on_tool_start: Callable[[ToolCallHandle], object] | None = None
         self._on_metrics = tuple(on_metrics)
         self._rng = rng
         self._send, self._recv = trio.open_memory_channel[list[ChatChunk]](buffer_size)
@@ -407,23 +429,48 @@ class LLMStream:
     def execute_functions(self) -> list[ToolCallHandle]:
         """Start every delivered function call not started yet, in the stream's nursery.
 
-        Returns a handle per call (already-started calls return their existing handle).
-        Calls still running when the block exits are cancelled and report ``cancelled``.
-        Raises ``RuntimeError`` once the stream's block has exited.
+        Returns a handle per call, in the order the model issued them (calls already started,
+        eagerly or by an earlier call, return their existing handle: a call never runs twice).
+        Calls still running when the block exits are cancelled (or waited for, per
+        ``ToolOptions.on_exit``) and report ``cancelled``. Raises ``RuntimeError`` once the
+        stream's block has exited or ``aclose()`` was called.
         """
-        nursery = self._nursery
-        if nursery is None or self._scope.cancel_called:
+        if self._nursery is None or self._scope.cancel_called:
             raise RuntimeError("execute_functions() needs the stream's block to be open")
-        handles = []
-        for call in self.function_calls:
-            handle = self._handles.get(call.call_id)
-            if handle is None:
-                handle = self._handles[call.call_id] = ToolCallHandle(call)
-                scope = trio.CancelScope()
-                self._tool_scopes.add(scope)
-                nursery.start_soon(self._run_tool, handle, scope)
-            handles.append(handle)
-        return handles
+        return [self._start_call(call) for call in self.function_calls]
+
+    @property
+    def tool_handles(self) -> list[ToolCallHandle]:
+        """Handles of the calls started so far, in the order they were started."""
+        return list(self._handles.values())
+
+    async def wait_for_tools(self) -> list[ToolOutcome]:
+        """Wait for every started call to have its outcome; return them in start order.
+
+        Cancellation: stops the waiting only; the calls go on until the block exits.
+        """
+        return [await handle.wait() for handle in list(self._handles.values())]
+
+    def _start_call(self, call: FunctionCall) -> ToolCallHandle:
+        handle = self._handles.get(call.call_id)
+        if handle is None:
+            assert self._nursery is not None
+            handle = self._handles[call.call_id] = ToolCallHandle(call)
+            scope = trio.CancelScope()
+            self._tool_scopes.add(scope)
+            self._nursery.start_soon(self._run_tool, handle, scope)
+            if self._on_tool_start is not None:
+                self._on_tool_start(handle)
+        return handle
+
+    def _on_calls_delivered(self, calls: list[FunctionCall]) -> None:
+        # Eager execution starts a call once the consumer has received it complete: never a
+        # call the consumer did not see, never one from an attempt that is later retried.
+        if not self._eager:
+            return
+        for call in calls:
+            if call.name in self._tools or call.name not in self._spec_names:
+                self._start_call(call)
 
     # -- producer side -------------------------------------------------------------------------
 
@@ -441,17 +488,28 @@ class LLMStream:
         with self._scope:
             await self._attempt_loop(obs_send)
 
-    def _cancel(self) -> None:
+    def _cancel(self, *, exiting: bool = False) -> None:
         self._scope.cancel()
-        for scope in self._tool_scopes:
-            scope.cancel()
+        options = self._tool_options
+        if exiting and options.on_exit == "wait":
+            deadline = trio.current_time() + options.grace_period
+            for scope in self._tool_scopes:
+                scope.deadline = min(scope.deadline, deadline)
+        else:
+            for scope in self._tool_scopes:
+                scope.cancel()
 
     async def _run_tool(self, handle: ToolCallHandle, scope: trio.CancelScope) -> None:
         # The scope was registered before this task was started, so a stream cancelled in
         # between still cancels the call (a scope cancelled before entry is entered cancelled).
         try:
             with scope:
-                await run_tool_call(handle, self._tools)
+                await run_tool_call(
+                    handle,
+                    self._tools,
+                    default_timeout=self._tool_options.timeout,
+                    limiter=self._limiter,
+                )
         finally:
             self._tool_scopes.discard(scope)
 
@@ -712,6 +770,7 @@ async def open_llm_stream(
     temperature: float | None = None,
     n: int | None = None,
     parallel_tool_calls: bool | None = None,
+    tool_options: ToolOptions = DEFAULT_TOOL_OPTIONS,
     on_metrics: MetricsCallback | Sequence[MetricsCallback] | None = None,
     extra: Mapping[str, Any] | None = None,
     buffer_size: int = 0,
@@ -728,7 +787,9 @@ async def open_llm_stream(
     Nothing starts before the block is entered and nothing outlives it. Retries follow
     ``conn_options`` and happen only while no visible output has reached the consumer.
     ``on_metrics`` callbacks (and the LLM's own listeners) get the stream's ``LLMMetrics``
-    exactly once, however it ends. ``buffer_size`` is the channel buffer in batches (0, the
+    exactly once, however it ends. ``tools`` are ``FunctionTool``s (run by the stream: calls
+    start as soon as they are delivered, per ``tool_options``) or bare ``ToolSpec``s (only
+    described to the model). ``buffer_size`` is the channel buffer in batches (0, the
     default, makes the commit point exact). ``rng`` drives the backoff jitter (for tests).
 
     Cancellation: leaving the block by ``break``, exception or outside cancellation cancels
@@ -757,6 +818,7 @@ async def open_llm_stream(
         request=request,
         conn_options=conn_options,
         tools=runnable,
+        tool_options=tool_options,
         on_metrics=callbacks,
         buffer_size=buffer_size,
         rng=rng or _system_random,
@@ -771,7 +833,7 @@ async def open_llm_stream(
             # Re-raised below, outside the nursery, so it is never wrapped in a group.
             body_exc = exc
         finally:
-            stream._cancel()
+            stream._cancel(exiting=True)
             # The block is over: so is iteration, even over chunks taken but not yet seen; the
             # error, if any, stays on ``stream.error``.
             stream._buf = []

@@ -15,7 +15,7 @@ import inspect
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import trio
@@ -25,6 +25,7 @@ from ._models import FunctionCall, ToolSpec
 __all__ = [
     "FunctionTool",
     "ToolArgumentError",
+    "ToolOptions",
     "ToolCallHandle",
     "ToolOutcome",
     "ToolOutcomeKind",
@@ -64,6 +65,39 @@ class FunctionTool:
 
 class ToolArgumentError(ValueError):
     """The model's arguments for a tool call are invalid; the message is sent back to it."""
+
+
+@attrs.frozen
+class ToolOptions:
+    """How a stream runs the tool calls the model makes.
+
+    - ``eager``: start each call as soon as it has been delivered complete to the consumer,
+      while the model may still be streaming text or further calls (only calls to
+      ``FunctionTool``s, and calls to unknown names, which fail at once; calls to tools given
+      as bare ``ToolSpec``s are the caller's to run). Off: only ``execute_functions()`` starts
+      calls;
+    - ``timeout``: the default per-call limit, for tools that do not set their own;
+    - ``max_concurrency``: how many calls of one stream run at once (None: no limit);
+    - ``on_exit``: what leaving the stream's block does to calls still running: ``"cancel"``
+      them at once, or ``"wait"`` for them up to ``grace_period`` seconds and then cancel.
+      Cancellation from outside the block always cancels at once.
+    """
+
+    eager: bool = True
+    timeout: float | None = attrs.field(default=None)
+    max_concurrency: int | None = attrs.field(default=None)
+    on_exit: Literal["cancel", "wait"] = "cancel"
+    grace_period: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
+
+    @timeout.validator
+    def _check_timeout(self, _attr: attrs.Attribute[Any], value: float | None) -> None:
+        if value is not None and not value > 0:
+            raise ValueError(f"timeout must be positive or None, not {value!r}")
+
+    @max_concurrency.validator
+    def _check_concurrency(self, _attr: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"max_concurrency must be >= 1 or None, not {value!r}")
 
 
 class ToolOutcomeKind(enum.Enum):
@@ -155,6 +189,7 @@ async def run_tool_call(
     tools: Mapping[str, FunctionTool],
     *,
     default_timeout: float | None = None,
+    limiter: trio.CapacityLimiter | None = None,
 ) -> None:
     """Run ``handle.call`` and give it exactly one outcome. Never raises but Cancelled.
 
@@ -182,8 +217,15 @@ async def run_tool_call(
         return
     timeout = tool.timeout if tool.timeout is not None else default_timeout
     try:
-        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-            value = await _invoke(tool.fn, args)
+        # The time limit counts from the start of the call, not from the wait for a slot.
+        if limiter is not None:
+            await limiter.acquire_on_behalf_of(handle)
+        try:
+            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                value = await _invoke(tool.fn, args)
+        finally:
+            if limiter is not None:
+                limiter.release_on_behalf_of(handle)
     except trio.Cancelled:
         handle._set(ToolOutcome(call, ToolOutcomeKind.CANCELLED, message="cancelled"))
         raise
@@ -195,7 +237,7 @@ async def run_tool_call(
             )
         )
         return
-    if scope.cancelled_caught:
+    if scope.cancelled_caught or scope.deadline < trio.current_time():
         handle._set(
             ToolOutcome(call, ToolOutcomeKind.TIMEOUT, message=f"timed out after {timeout:g}s")
         )
@@ -206,7 +248,9 @@ async def run_tool_call(
 async def _invoke(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
     if inspect.iscoroutinefunction(fn):
         return await fn(**args)
-    result = await trio.to_thread.run_sync(lambda: fn(**args), abandon_on_cancel=True)
+    # A thread cannot be interrupted: the call runs to its end even when cancelled (so nothing
+    # outlives the stream's block), and the cancellation lands when it returns.
+    result = await trio.to_thread.run_sync(lambda: fn(**args))
     if inspect.isawaitable(result):
         return await _await(result)
     return result
