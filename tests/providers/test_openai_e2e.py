@@ -370,3 +370,40 @@ async def test_soak_concurrent_streams_with_random_faults() -> None:
             assert status in (StreamStatus.FAILED, StreamStatus.TRUNCATED)
             assert error is not None
             assert text.startswith(joined)  # a prefix of one attempt: never duplicated
+
+
+async def test_two_step_tool_loop_over_http(server: MockLLMServer, llm: OpenAILLM) -> None:
+    from trio_llmstream import ChatChunk, FunctionTool, StepEnd, ToolOutcome, run_tool_loop
+    from trio_llmstream.testing import tool_call_stream
+
+    async def get_weather(city: str) -> str:
+        return f"sunny in {city}"
+
+    tool = FunctionTool(
+        get_weather, "get_weather", "Weather for a city",
+        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    )
+    server.enqueue(
+        tool_call_stream(
+            [("get_weather", '{"city": "Oslo"}'), ("get_weather", '{"city": "Lima"}')],
+            fragments=5,
+        ),
+        text_stream("Oslo and Lima are sunny."),
+    )
+    conversation = ctx()
+    events: list[object] = []
+    async with run_tool_loop(llm, conversation, [tool], conn_options=OPTIONS) as loop:
+        async for event in loop:
+            events.append(event)
+    assert loop.stop_reason == "no_tool_calls"
+    outcomes = [e for e in events if isinstance(e, ToolOutcome)]
+    assert sorted(o.output for o in outcomes) == ["sunny in Lima", "sunny in Oslo"]
+    text = "".join(e.text for e in events if isinstance(e, ChatChunk))
+    assert text == "Oslo and Lima are sunny."
+    assert sum(isinstance(e, StepEnd) for e in events) == 2
+    first, second = server.chat_requests
+    assert first.json["tools"][0]["function"]["name"] == "get_weather"  # type: ignore[index]
+    messages = second.json["messages"]  # type: ignore[index]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool"]
+    assert [m["content"] for m in messages[2:]] == ["sunny in Oslo", "sunny in Lima"]
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Oslo"}'
