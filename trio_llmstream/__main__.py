@@ -93,10 +93,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
+            try:
+                import hypercorn  # noqa: F401 - the demo's loopback server needs it
+            except ImportError:
+                print("error: the demo needs the server extra: "
+                      "pip install 'trio_llmstream[server]'", file=sys.stderr)
+                return 2
             from ._demo import run_demo
 
-            return trio.run(run_demo)
-        return trio.run(chat, args.base_url, args.model, args.api_key_env, args.prompt)
+            code: int = trio.run(run_demo)
+            return code
+        code = trio.run(chat, args.base_url, args.model, args.api_key_env, args.prompt)
+        return code
     except KeyboardInterrupt:
         return 130
 
