@@ -607,15 +607,15 @@ class Turn(Generic[T]):
             assert state is not None
             state.items += 1
             if state.delivered_at is None and _is_visible(item.value):
-                state.delivered_at = trio.current_time()
-                self._fire(state, SegmentEvent.DELIVERED)
+                state.delivered_at = now = trio.current_time()
+                self._fire(state, SegmentEvent.DELIVERED, now)
         elif isinstance(item, SegmentStart):
             self._current = self._segments[item.index]
         else:
             state = self._segments[item.index]
-            state.completed_at = trio.current_time()
+            state.completed_at = now = trio.current_time()
             self._current = None
-            self._fire(state, SegmentEvent.COMPLETED)
+            self._fire(state, SegmentEvent.COMPLETED, now)
 
     # -- hooks and acks ------------------------------------------------------------------------
 
@@ -647,8 +647,8 @@ class Turn(Generic[T]):
         """
         state = self._state(segment)
         if state.playback_started_at is None:
-            state.playback_started_at = trio.current_time()
-            self._fire(state, SegmentEvent.PLAYBACK_STARTED)
+            state.playback_started_at = now = trio.current_time()
+            self._fire(state, SegmentEvent.PLAYBACK_STARTED, now)
 
     def ack_finished(self, segment: SegmentRef) -> None:
         """The playing stage finished playing ``segment``: fire its ``PLAYBACK_FINISHED``
@@ -658,8 +658,8 @@ class Turn(Generic[T]):
         state = self._state(segment)
         if state.playback_finished_at is None:
             self.ack_started(segment)
-            state.playback_finished_at = trio.current_time()
-            self._fire(state, SegmentEvent.PLAYBACK_FINISHED)
+            state.playback_finished_at = now = trio.current_time()
+            self._fire(state, SegmentEvent.PLAYBACK_FINISHED, now)
 
     def _state(self, segment: SegmentRef) -> _SegmentState:
         if isinstance(segment, (SegmentStart, SegmentEnd)):
@@ -675,15 +675,13 @@ class Turn(Generic[T]):
             return self._by_id[segment]
         raise ValueError(f"this turn has no segment {segment!r}")
 
-    def _fire(self, state: _SegmentState, event: SegmentEvent) -> None:
+    def _fire(self, state: _SegmentState, event: SegmentEvent, now: float) -> None:
         notice: SegmentNotice | None = None
         for kind, target, handler in tuple(self._handlers):
             if kind is not event or (target is not None and target != state.id):
                 continue
             if notice is None:
-                notice = SegmentNotice(
-                    event, state.id, state.index, state.label, trio.current_time()
-                )
+                notice = SegmentNotice(event, state.id, state.index, state.label, now)
             try:
                 result = handler(notice)
             except Exception:
@@ -697,15 +695,20 @@ class Turn(Generic[T]):
         self, handler: SegmentHandler, awaitable: Awaitable[object], notice: SegmentNotice
     ) -> None:
         nursery = self._outside_nursery
-        if nursery is None and not self._handler_scope.cancel_called:
+        if nursery is None:
             nursery = self._own_nursery
+            if self._handler_scope.cancel_called:
+                # Interrupted: the turn's own handler tasks are cancelled, new ones not started.
+                _close(awaitable)
+                logger.debug("async %s handler %r for segment %r not run: the turn was "
+                             "interrupted", notice.event.value, handler, notice.segment_id)
+                return
         try:
             if nursery is None:
-                raise RuntimeError("the turn is over and no handler_nursery was given")
+                raise RuntimeError("the turn's block has exited and no handler_nursery was given")
             nursery.start_soon(_run_handler, handler, awaitable, notice)
         except RuntimeError as exc:
-            if inspect.iscoroutine(awaitable):
-                awaitable.close()  # never started: no "never awaited" warning
+            _close(awaitable)
             logger.warning("async %s handler %r for segment %r not run: %s",
                            notice.event.value, handler, notice.segment_id, exc)
 
@@ -840,6 +843,11 @@ class Turn(Generic[T]):
 async def _closing(recv: trio.MemoryReceiveChannel[Any]) -> AsyncIterator[_Prefetched]:
     async with recv:
         yield _Prefetched(recv)
+
+
+def _close(awaitable: Awaitable[object]) -> None:
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()  # never started: no "never awaited" warning
 
 
 async def _run_handler(
