@@ -19,6 +19,11 @@ from ._exceptions import RetriesExhaustedError as RetriesExhaustedError
 from ._exceptions import StreamInterrupted as StreamInterrupted
 from ._exceptions import StreamProtocolError as StreamProtocolError
 from ._exceptions import StreamTruncatedError as StreamTruncatedError
+from ._function_tool import Param as Param
+from ._function_tool import ToolRegistry as ToolRegistry
+from ._function_tool import check_tool_name as check_tool_name
+from ._function_tool import function_tool as function_tool
+from ._function_tool import validate_arguments as validate_arguments
 from ._llm import LLM as LLM
 from ._llm import AttemptInfo as AttemptInfo
 from ._llm import ChunkEmitter as ChunkEmitter
@@ -88,6 +93,7 @@ __all__ = [
     "LLMStreamError",
     "NamedToolChoice",
     "OpenAILLM",
+    "Param",
     "ProviderError",
     "RetriesExhaustedError",
     "StepEnd",
@@ -104,7 +110,11 @@ __all__ = [
     "ToolOptions",
     "ToolOutcome",
     "ToolOutcomeKind",
+    "ToolRegistry",
     "ToolSpec",
+    "check_tool_name",
+    "function_tool",
     "open_llm_stream",
     "run_tool_loop",
+    "validate_arguments",
 ]

@@ -15,10 +15,12 @@ from collections.abc import Callable
 
 import trio
 
-from ._models import ChatContext, LLMMetrics
+from ._function_tool import function_tool
+from ._models import ChatChunk, ChatContext, LLMMetrics
 from ._options import APIConnectOptions, Timeouts
 from ._stream import LLMStream, open_llm_stream
-from ._tools import FunctionTool
+from ._tool_loop import run_tool_loop
+from ._tools import ToolOutcome
 from .providers.openai import OpenAILLM
 
 __all__ = ["run_demo"]
@@ -42,22 +44,15 @@ async def _print_stream(stream: LLMStream, out: Callable[[str], None]) -> None:
             out(chunk.text)
 
 
+@function_tool
 async def get_weather(city: str) -> str:
-    """The demo's tool: a canned forecast, after a short 'lookup'."""
-    await trio.sleep(0.05)
+    """Get the current weather for a city.
+
+    Args:
+        city: The city name.
+    """
+    await trio.sleep(0.05)  # a pretend lookup
     return json.dumps({"city": city, "forecast": "sunny", "temperature_c": 21})
-
-
-WEATHER_TOOL = FunctionTool(
-    get_weather,
-    "get_weather",
-    "Get the current weather for a city.",
-    {
-        "type": "object",
-        "properties": {"city": {"type": "string", "description": "The city name"}},
-        "required": ["city"],
-    },
-)
 
 
 async def run_demo(out: Callable[[str], None] | None = None) -> int:
@@ -119,29 +114,25 @@ async def run_demo(out: Callable[[str], None] | None = None) -> int:
             assert stream.metrics is not None
             metrics.append(("retry", stream.metrics))
 
-            # 3. A tool call, executed in the stream's nursery; its result goes back.
+            # 3. A tool loop: the call runs in the stream's nursery as soon as it arrives,
+            #    its result goes back, and the model answers with it.
             ctx.add_message(role="user", content="What's the weather in Oslo?")
-            server.enqueue(tool_call_stream([("get_weather", '{"city": "Oslo"}')], fragments=4))
-            emit("\n\nuser> What's the weather in Oslo?\n")
-            async with open_llm_stream(
-                llm, chat_ctx=ctx, tools=[WEATHER_TOOL], conn_options=options
-            ) as stream:
-                await stream.collect()
-                ctx.add_message(role="assistant", tool_calls=stream.function_calls)
-                for handle in stream.execute_functions():
-                    outcome = await handle.wait()
-                    emit(f"  [tool] {handle.call.name}({handle.call.arguments}) "
-                         f"-> {outcome.kind.value}: {outcome.output}\n")
-                    ctx.add_tool_result(handle.call, outcome.output)
-            assert stream.metrics is not None
-            metrics.append(("tool call", stream.metrics))
-
-            server.enqueue(text_stream("It's sunny in Oslo, 21 °C.", delay=0.02))
-            emit("assistant> ")
-            async with open_llm_stream(llm, chat_ctx=ctx, conn_options=options) as stream:
-                await _print_stream(stream, emit)
-            assert stream.metrics is not None
-            metrics.append(("tool result", stream.metrics))
+            server.enqueue(
+                tool_call_stream([("get_weather", '{"city": "Oslo"}')], fragments=4),
+                text_stream("It's sunny in Oslo, 21 °C.", delay=0.02),
+            )
+            emit("\n\nuser> What's the weather in Oslo?\nassistant> ")
+            async with run_tool_loop(
+                llm, ctx, [get_weather], conn_options=options, max_steps=3
+            ) as loop:
+                async for event in loop:
+                    if isinstance(event, ChatChunk):
+                        emit(event.text)
+                    elif isinstance(event, ToolOutcome):
+                        emit(f"\n  [tool] {event.call.name}({event.call.arguments}) "
+                             f"-> {event.kind.value}: {event.output}\nassistant> ")
+                    elif event.metrics is not None:
+                        metrics.append((f"tool step {event.step + 1}", event.metrics))
             sent = server.last_request.json
             assert isinstance(sent, dict)
             tool_msgs = [m for m in sent["messages"] if m["role"] == "tool"]

@@ -237,7 +237,7 @@ class ToolRegistry:
 
         Usable as a decorator. Raises ``ValueError`` if the name is invalid or already taken.
         """
-        made = _as_tool(tool)
+        made = as_function_tool(tool)
         if made.name in self._tools:
             raise ValueError(
                 f"duplicate tool name {made.name!r}: a tool by that name is registered"
@@ -247,7 +247,7 @@ class ToolRegistry:
 
     def extend(self, tools: Iterable[FunctionTool | Callable[..., Any]], /) -> None:
         """Add several tools; all or none (a duplicate name raises before any is added)."""
-        made = [_as_tool(t) for t in tools]
+        made = [as_function_tool(t) for t in tools]
         seen = set(self._tools)
         for tool in made:
             if tool.name in seen:
@@ -296,7 +296,8 @@ class ToolRegistry:
         return f"ToolRegistry({self.names!r})"
 
 
-def _as_tool(tool: FunctionTool | Callable[..., Any]) -> FunctionTool:
+def as_function_tool(tool: FunctionTool | Callable[..., Any]) -> FunctionTool:
+    """``tool`` if it is a ``FunctionTool`` (its name checked), else ``function_tool(tool)``."""
     if isinstance(tool, FunctionTool):
         check_tool_name(tool.name)
         return tool

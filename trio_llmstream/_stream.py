@@ -57,6 +57,7 @@ from ._exceptions import (
     StreamTruncatedError,
     TimeoutLimit,
 )
+from ._function_tool import as_function_tool
 from ._llm import LLM, AttemptInfo, MetricsCallback
 from ._models import (
     AttemptMetrics,
@@ -740,19 +741,18 @@ class LLMStream:
 _PRIVATE = object()
 
 
-def _tool_map(tools: Iterable[FunctionTool | ToolSpec] | None) -> tuple[
-    tuple[ToolSpec, ...], dict[str, FunctionTool]
-]:
+def _tool_map(
+    tools: Iterable[FunctionTool | ToolSpec | Callable[..., Any]] | None,
+) -> tuple[tuple[ToolSpec, ...], dict[str, FunctionTool]]:
     specs: list[ToolSpec] = []
     runnable: dict[str, FunctionTool] = {}
     for tool in tools or ():
-        if isinstance(tool, FunctionTool):
-            spec = tool.spec
-            runnable[tool.name] = tool
-        elif isinstance(tool, ToolSpec):
+        if isinstance(tool, ToolSpec):
             spec = tool
         else:
-            raise TypeError(f"tools must be FunctionTool or ToolSpec, not {type(tool).__name__}")
+            function = as_function_tool(tool)
+            runnable[function.name] = function
+            spec = function.spec
         if any(s.name == spec.name for s in specs):
             raise ValueError(f"duplicate tool name {spec.name!r}")
         specs.append(spec)
@@ -764,7 +764,7 @@ async def open_llm_stream(
     llm: LLM,
     *,
     chat_ctx: ChatContext,
-    tools: Iterable[FunctionTool | ToolSpec] | None = None,
+    tools: Iterable[FunctionTool | ToolSpec | Callable[..., Any]] | None = None,
     tool_choice: ToolChoice | None = None,
     conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     temperature: float | None = None,
@@ -788,9 +788,10 @@ async def open_llm_stream(
     ``conn_options`` and happen only while no visible output has reached the consumer.
     ``on_metrics`` callbacks (and the LLM's own listeners) get the stream's ``LLMMetrics``
     exactly once, however it ends. ``tools`` are ``FunctionTool``s (run by the stream: calls
-    start as soon as they are delivered, per ``tool_options``) or bare ``ToolSpec``s (only
-    described to the model). ``buffer_size`` is the channel buffer in batches (0, the
-    default, makes the commit point exact). ``rng`` drives the backoff jitter (for tests).
+    start as soon as they are delivered, per ``tool_options``), plain functions (made into
+    tools by ``function_tool``) or bare ``ToolSpec``s (only described to the model).
+    ``buffer_size`` is the channel buffer in batches (0, the default, makes the commit point
+    exact). ``rng`` drives the backoff jitter (for tests).
 
     Cancellation: leaving the block by ``break``, exception or outside cancellation cancels
     the request and tool calls and records the stream as cancelled; an exception from the

@@ -18,13 +18,14 @@ iteration, after the events before it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import attrs
 import trio
 
+from ._function_tool import as_function_tool
 from ._llm import LLM, MetricsCallback
 from ._models import ChatChunk, ChatContext, CollectedResponse, LLMMetrics
 from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
@@ -161,7 +162,7 @@ async def _one_step(
 async def run_tool_loop(
     llm: LLM,
     chat_ctx: ChatContext,
-    tools: Iterable[FunctionTool],
+    tools: Iterable[FunctionTool | Callable[..., Any]],
     *,
     max_steps: int = 8,
     conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
@@ -188,7 +189,7 @@ async def run_tool_loop(
     """
     if max_steps < 1:
         raise ValueError("max_steps must be >= 1")
-    tool_list = list(tools)
+    tool_list = [as_function_tool(tool) for tool in tools]
     kwargs = dict(stream_kwargs)
     kwargs["conn_options"] = conn_options
     kwargs["tool_options"] = tool_options or ToolOptions()
