@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from dataclasses import dataclass, field
@@ -407,3 +408,120 @@ async def test_tool_loop_break_cancels_everything(autojump_clock: trio.abc.Clock
                 await started.wait()
                 break
     assert loop.stop_reason is None
+
+
+# -- hypothesis: wire-level tool-call plans through the tool loop --------------------------------
+
+
+class WireLLM(LLM):
+    """Plays OpenAI wire bytes through the real parser, one read per element of ``reads``.
+
+    Step 0 answers with the tool calls, every later step with plain text.
+    """
+
+    def __init__(self, first: list[bytes], then: list[bytes]) -> None:
+        super().__init__(label="wire")
+        self.first, self.then = first, then
+        self.requests: list[ChatRequest] = []
+        self.running = 0
+
+    async def run_attempt(
+        self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
+    ) -> None:
+        from trio_llmstream._core._openai import ChatCompletionParser
+
+        self.requests.append(request)
+        reads = self.then if any(m.role == "tool" for m in request.messages) else self.first
+        parser = ChatCompletionParser()
+        self.running += 1
+        try:
+            for data in reads:
+                await trio.sleep(0.1)
+                await emit.send(parser.feed(data))
+                if parser.error is not None:
+                    raise parser.error
+            await emit.send(parser.end())
+            if parser.error is not None:
+                raise parser.error
+        finally:
+            self.running -= 1
+
+
+def _wire(chunks: list[dict], cuts: list[int]) -> list[bytes]:
+    import json
+
+    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+    body += b"data: [DONE]\n\n"
+    points = sorted({min(len(body), max(1, c)) for c in cuts} | {len(body)})
+    out, last = [], 0
+    for p in points:
+        if p > last:
+            out.append(body[last:p])
+            last = p
+    return out
+
+
+@st.composite
+def wire_plans(draw: st.DrawFn) -> tuple[list[bytes], list[tuple[str, str]], str, int]:
+    n = draw(st.integers(1, 5))
+    calls = [(f"call_{i}", draw(st.sampled_from(BEHAVIOURS))) for i in range(n)]
+    chunks: list[dict] = [{"id": "w", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
+    for i, (call_id, behaviour) in enumerate(calls):
+        name = {"bad_args": "ok", "unknown": "nope"}.get(behaviour, behaviour)
+        args = '{"tag": 1' if behaviour == "bad_args" else f'{{"tag": "{call_id}"}}'
+        pieces = draw(st.lists(st.integers(1, len(args)), max_size=4))
+        bounds = sorted(set(pieces) | {0, len(args)})
+        frags = [args[a:b] for a, b in itertools.pairwise(bounds)]
+        for j, frag in enumerate(frags):
+            tc: dict = {"index": i, "function": {"arguments": frag}}
+            if j == 0:
+                tc.update(id=call_id, type="function")
+                tc["function"]["name"] = name
+            chunks.append({"id": "w", "choices": [{"index": 0, "delta": {"tool_calls": [tc]}}]})
+    end = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+    chunks.append({"id": "w", "choices": [end]})
+    size = sum(len(str(c)) for c in chunks)
+    cuts = draw(st.lists(st.integers(1, size), max_size=8))
+    consumer = draw(st.sampled_from(["all", "all", "break", "cancel"]))
+    return _wire(chunks, cuts), calls, consumer, draw(st.integers(0, 10))
+
+
+@given(plan=wire_plans())
+def test_tool_loop_over_wire_plans(
+    plan: tuple[list[bytes], list[tuple[str, str]], str, int],
+) -> None:
+    reads, calls, consumer, k = plan
+    record = Record()
+    _, tools = build(Plan(calls, [0] * len(calls), consumer, k), record)
+    answer = [{"id": "a", "choices": [{"index": 0, "delta": {"content": "done"}}]},
+              {"id": "a", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    llm = WireLLM(reads, _wire(answer, []))
+    seen: list[ToolOutcome] = []
+    state: dict[str, object] = {}
+
+    async def main() -> None:
+        events = 0
+        with trio.move_on_after(0.45 if consumer == "cancel" else math.inf):
+            async with run_tool_loop(llm, ctx(), tools, max_steps=2) as loop:
+                state["loop"] = loop
+                async for event in loop:
+                    events += 1
+                    if isinstance(event, ToolOutcome):
+                        seen.append(event)
+                    if consumer == "break" and events >= k:
+                        break
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert llm.running == 0  # nothing running after the block
+    assert all(n == 1 for n in record.starts.values())  # each call started once
+    ids = [o.call.call_id for o in seen]
+    assert len(ids) == len(set(ids))  # one outcome per call id
+    if consumer == "all":
+        loop = state["loop"]
+        assert loop.stop_reason == "no_tool_calls"  # type: ignore[attr-defined]
+        assert sorted(ids) == sorted(c for c, _ in calls)
+        for outcome in seen:
+            assert outcome.kind is EXPECTED_KIND[dict(calls)[outcome.call.call_id]]
+        # Results go back in the order the model issued the calls.
+        tool_msgs = [m for m in llm.requests[-1].messages if m.role == "tool"]
+        assert [m.tool_call_id for m in tool_msgs] == [c for c, _ in calls]
