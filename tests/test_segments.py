@@ -582,6 +582,20 @@ async def test_interrupting_right_after_an_end_never_opens_the_next_segment(
     assert turn.report.completed == ("a",)
 
 
+async def test_interrupting_at_once_opens_nothing(autojump_clock: trio.abc.Clock) -> None:
+    llm = ScriptedLLM([ScriptedAttempt(text_chunks("never"))])
+    ahead = Source(["never"])
+    async with open_turn(
+        [lambda: open_llm_stream(llm, chat_ctx=ctx()), ahead], lookahead=1
+    ) as turn:
+        turn.interrupt()
+        assert [item async for item in turn] == []
+    assert llm.calls == []
+    assert ahead.opened == 0
+    assert turn.report.interrupted
+    assert not any(s.opened for s in turn.report.segments)
+
+
 async def test_an_item_in_hand_at_interruption_is_dropped(autojump_clock: trio.abc.Clock) -> None:
     src = Source(["a", "b", "c"])
     async with open_turn([Segment(src, id="s")]) as turn:

@@ -796,6 +796,8 @@ class Turn(Generic[T]):
 
     async def _prefetch(self, state: _SegmentState, send: trio.MemorySendChannel[object]) -> None:
         async with send:
+            # Stopped before this task first ran: open nothing (this only yields if cancelled).
+            await trio.lowlevel.checkpoint_if_cancelled()
             state.opened = True
             try:
                 async with _open_source(state.source) as items:
@@ -810,6 +812,9 @@ class Turn(Generic[T]):
             # at it yet (the scheduler can run this task first): wait until it asks for more,
             # so that a consumer interrupting on that marker never has the next one opened.
             await self._next_wanted.wait()
+        else:
+            # Interrupted before the producer first ran: open nothing.
+            await trio.lowlevel.checkpoint_if_cancelled()
         send = self._send
         started = False
         position = 0
