@@ -42,9 +42,9 @@ consumer, having received the previous segment's ``SegmentEnd``, asks for the ne
 consumer that interrupts on an end marker never has the next segment started, and in general
 an interruption never starts work for a segment behind the one being delivered. (The end
 marker being handed over is not enough: the scheduler may run the producer before the
-consumer has even looked at it.) ``lookahead=n`` is the explicit opt-in to latency
-hiding: while segment ``k`` is delivered, the sources of segments ``k+1 .. k+n`` are opened
-and read ahead in tasks of their own, into per-segment buffers of ``lookahead_items`` items.
+consumer has even looked at it.) ``lookahead=n`` is the explicit opt-in to latency hiding:
+while segment ``k`` is delivered, the sources of segments ``k+1 .. k+n`` are opened and read
+ahead in tasks of their own, into per-segment buffers of ``lookahead_items`` items.
 Their items still reach the consumer in order, and every hook below still fires at the
 consumer's receive time; but a read-ahead ``LLMStream`` sees its chunks taken when they enter
 the buffer, so it commits (and stops retrying) earlier than its user sees the text.
@@ -84,15 +84,17 @@ breaks the turn: a side effect failing must not cut the user's audio. Leaving th
 for the turn's own handler tasks if the turn completed, and cancels them otherwise
 (interrupted, failed, or the block raised): a barge-in drops pending work. Async handlers
 fired after that (a late ack) can only run in a ``handler_nursery``; without one they are
-skipped and logged.
+skipped and logged. A handler gets the very clock reading the report records for its event.
 
 Interruption. ``turn.interrupt()`` (a user barging in), leaving the block early, or a
 cancellation reaching the block stop the producer: the current segment's source is closed,
 later ones are never opened, and the consumer's iteration ends (an item the producer had in
-hand but the consumer had not received is dropped, and counts for nothing). No hook fires for
-a segment that never reached the consumer. ``turn.report`` then says, per segment, whether its
-source was opened, when it was delivered and completed, and when playback started and
-finished.
+hand but the consumer had not received is dropped, and counts for nothing: once
+``interrupt()`` has returned, ``__anext__`` returns no item). No hook fires for a segment that
+never reached the consumer. Acks still count after an interruption (the player tells what it
+did play): their sync handlers run, async ones only in a ``handler_nursery``. ``turn.report``
+then says, per segment, whether its source was opened, when it was delivered and completed,
+and when playback started and finished.
 
 Errors. Everything a source raises (while opening, iterating or closing) ends the turn: the
 producer stops, and the consumer's iteration raises one ``SegmentError`` naming the segment,
