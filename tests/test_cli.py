@@ -21,6 +21,8 @@ async def test_demo_runs_and_shows_everything() -> None:
     assert text.count("Retries happen only before any text reaches you") == 1  # no repeat
     assert "[tool] get_weather" in text
     assert "-> result" in text
+    assert "handler: answer delivered" in text  # the two-segment turn
+    assert "handler: follow-up playback finished" in text
     assert "metrics, one record per stream" in text
     assert text.count("completed") >= 4
 

@@ -16,6 +16,7 @@ from ._exceptions import APITimeoutError as APITimeoutError
 from ._exceptions import LLMStreamError as LLMStreamError
 from ._exceptions import ProviderError as ProviderError
 from ._exceptions import RetriesExhaustedError as RetriesExhaustedError
+from ._exceptions import SegmentError as SegmentError
 from ._exceptions import StreamInterrupted as StreamInterrupted
 from ._exceptions import StreamProtocolError as StreamProtocolError
 from ._exceptions import StreamTruncatedError as StreamTruncatedError
@@ -48,6 +49,25 @@ from ._models import ToolSpec as ToolSpec
 from ._options import DEFAULT_API_CONNECT_OPTIONS as DEFAULT_API_CONNECT_OPTIONS
 from ._options import APIConnectOptions as APIConnectOptions
 from ._options import Timeouts as Timeouts
+from ._segments import Segment as Segment
+from ._segments import SegmentEnd as SegmentEnd
+from ._segments import SegmentEvent as SegmentEvent
+from ._segments import SegmentHandler as SegmentHandler
+from ._segments import SegmentItem as SegmentItem
+from ._segments import SegmentNotice as SegmentNotice
+from ._segments import SegmentRef as SegmentRef
+from ._segments import SegmentReport as SegmentReport
+from ._segments import SegmentSource as SegmentSource
+from ._segments import SegmentStart as SegmentStart
+from ._segments import Turn as Turn
+from ._segments import TurnItem as TurnItem
+from ._segments import TurnReport as TurnReport
+from ._segments import open_turn as open_turn
+from ._segments_stages import MappedTurn as MappedTurn
+from ._segments_stages import SegmentInput as SegmentInput
+from ._segments_stages import TurnStage as TurnStage
+from ._segments_stages import map_turn as map_turn
+from ._segments_stages import open_turn_stage as open_turn_stage
 from ._stream import LLMStream as LLMStream
 from ._stream import open_llm_stream as open_llm_stream
 from ._tool_loop import StepEnd as StepEnd
@@ -91,11 +111,24 @@ __all__ = [
     "LLMMetrics",
     "LLMStream",
     "LLMStreamError",
+    "MappedTurn",
     "NamedToolChoice",
     "OpenAILLM",
     "Param",
     "ProviderError",
     "RetriesExhaustedError",
+    "Segment",
+    "SegmentEnd",
+    "SegmentError",
+    "SegmentEvent",
+    "SegmentHandler",
+    "SegmentInput",
+    "SegmentItem",
+    "SegmentNotice",
+    "SegmentRef",
+    "SegmentReport",
+    "SegmentSource",
+    "SegmentStart",
     "StepEnd",
     "StreamInterrupted",
     "StreamProtocolError",
@@ -112,9 +145,16 @@ __all__ = [
     "ToolOutcomeKind",
     "ToolRegistry",
     "ToolSpec",
+    "Turn",
+    "TurnItem",
+    "TurnReport",
+    "TurnStage",
     "check_tool_name",
     "function_tool",
+    "map_turn",
     "open_llm_stream",
+    "open_turn",
+    "open_turn_stage",
     "run_tool_loop",
     "validate_arguments",
 ]

@@ -2,8 +2,9 @@
 
 Starts the mock OpenAI-compatible server in-process (real HTTP on 127.0.0.1), then streams a
 scripted conversation through ``OpenAILLM`` + ``open_llm_stream``: text printed live as it
-arrives, a dropped connection retried (shown as it happens), a tool call executed and its
-result sent back, and the metrics of every stream as a table at the end.
+arrives, a dropped connection retried (shown as it happens), a tool loop whose call runs as
+soon as it arrives, a two-segment turn with its delivery handlers, and the metrics of every
+stream as a table at the end.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ async def get_weather(city: str) -> str:
 
 async def run_demo(out: Callable[[str], None] | None = None) -> int:
     """Run the demo, writing to ``out`` (stdout by default). Returns the exit code."""
+    from ._segments_demo import demo_two_segment_responses, demo_two_segment_turn
     from .testing import (
         DropConnection,
         inject_fault,
@@ -137,6 +139,12 @@ async def run_demo(out: Callable[[str], None] | None = None) -> int:
             assert isinstance(sent, dict)
             tool_msgs = [m for m in sent["messages"] if m["role"] == "tool"]
             emit(f"\n  [server] last request carried {len(tool_msgs)} tool result(s)\n")
+
+            # 4. One turn made of two responses, with handlers firing at the exact moment
+            #    each response reaches the consumer and is acknowledged by the player.
+            emit("\nA two-segment turn (answer + follow-up), played word by word:\n")
+            server.enqueue(*demo_two_segment_responses())
+            await demo_two_segment_turn(server.base_url, emit)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)

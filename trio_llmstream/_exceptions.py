@@ -16,8 +16,10 @@
     │   ├── StreamProtocolError         malformed SSE or JSON, or a size bound exceeded
     │   │                               (not retryable: a broken server breaks again)
     │   └── RetriesExhaustedError       every attempt failed retryably: .attempts, .errors
-    └── StreamInterrupted               failed after output reached the consumer; never
-                                        retried: .partial (what was delivered), .cause
+    ├── StreamInterrupted               failed after output reached the consumer; never
+    │                                   retried: .partial (what was delivered), .cause
+    └── SegmentError                    a segment of a turn (open_turn) failed: .segment_id,
+                                        .index, .label, .cause
 
 Every class states whether it is retryable as a class attribute; instances may refine it
 (``APIStatusError`` by status code, ``ProviderError`` by error type). The runtime reads only
@@ -40,6 +42,7 @@ __all__ = [
     "LLMStreamError",
     "ProviderError",
     "RetriesExhaustedError",
+    "SegmentError",
     "StreamInterrupted",
     "StreamProtocolError",
     "StreamTruncatedError",
@@ -252,4 +255,27 @@ class StreamInterrupted(LLMStreamError):
             f"({len(partial.text)} chars of text): {type(cause).__name__}: {cause}"
         )
         self.partial = partial
+        self.cause = cause
+
+
+class SegmentError(LLMStreamError):
+    """A segment's source failed (while opening, iterating or closing); the turn stopped there.
+
+    ``segment_id``, ``index`` and ``label`` name the segment; ``cause`` (also ``__cause__``) is
+    what the source raised, e.g. an LLM stream's ``StreamInterrupted``. Not retryable: the
+    items before it were delivered.
+    """
+
+    retryable = False
+
+    def __init__(
+        self, segment_id: str, index: int, label: str | None, cause: BaseException
+    ) -> None:
+        name = f"{segment_id!r}" + (f" ({label})" if label and label != segment_id else "")
+        super().__init__(
+            f"segment {index} {name} failed: {type(cause).__name__}: {cause}"
+        )
+        self.segment_id = segment_id
+        self.index = index
+        self.label = label
         self.cause = cause

@@ -132,7 +132,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 import attrs
 import trio
 
-from ._exceptions import LLMStreamError
+from ._exceptions import SegmentError
 from ._models import ChatChunk, StreamStatus
 
 __all__ = [
@@ -227,29 +227,6 @@ class Segment(Generic[T]):
     source: SegmentSource[T]
     id: str | None = None
     label: str | None = None
-
-
-class SegmentError(LLMStreamError):
-    """A segment's source failed (while opening, iterating or closing); the turn stopped there.
-
-    ``segment_id``, ``index`` and ``label`` name the segment; ``cause`` (also ``__cause__``) is
-    what the source raised, e.g. an LLM stream's ``StreamInterrupted``. Not retryable: the
-    items before it were delivered.
-    """
-
-    retryable = False
-
-    def __init__(
-        self, segment_id: str, index: int, label: str | None, cause: BaseException
-    ) -> None:
-        name = f"{segment_id!r}" + (f" ({label})" if label and label != segment_id else "")
-        super().__init__(
-            f"segment {index} {name} failed: {type(cause).__name__}: {cause}"
-        )
-        self.segment_id = segment_id
-        self.index = index
-        self.label = label
-        self.cause = cause
 
 
 # -- hooks -------------------------------------------------------------------------------------
