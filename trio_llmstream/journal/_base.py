@@ -12,7 +12,9 @@ The invariants are enforced by the backend, atomically, not by the callers' care
   skipped, so a flush retried after a lost reply never writes a chunk twice; a first new seq
   other than ``last + 1`` is refused (``JournalCorrupted``), so nothing is ever silently
   skipped either.
-- Once a terminal entry is stored, every write of a *new* entry is refused with ``RunClosed``.
+- Once a terminal entry is stored, every write of a *new* entry is refused with ``RunClosed``
+  (only a retry of that very terminal entry passes: a writer whose entry collides with a
+  follower's seal is told, not fooled).
   A second terminal is therefore impossible, whoever tries to write it: the recorder after an
   error-then-[DONE] source, a follower sealing an abandoned run, or a writer that comes back.
 
@@ -127,7 +129,9 @@ class Journal(abc.ABC):
 
         Idempotent: entries whose seq is already stored are skipped, so retrying a batch
         whose reply was lost is safe. Raises ``RunClosed`` if the run already has its
-        terminal entry and the batch holds a new entry, ``JournalCorrupted`` if the first new
+        terminal entry and the batch holds an entry at or after it other than that very
+        terminal entry (so a writer's entry never passes for a follower's seal),
+        ``JournalCorrupted`` if the first new
         seq is not the stored last seq + 1. Atomic: all of the batch's new entries or none.
         Cancellation: if cancelled, the batch may or may not have been stored (retry it).
         """

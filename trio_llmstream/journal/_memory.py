@@ -45,12 +45,13 @@ def abandoned_end(run_id: str, idle_limit: float) -> RunEnd:
 
 
 class _Run:
-    __slots__ = ("changed", "end_seq", "entries", "first_seq", "last_active")
+    __slots__ = ("changed", "end", "end_seq", "entries", "first_seq", "last_active")
 
     def __init__(self, now: float) -> None:
         self.entries: list[JournalEntry] = []
         self.first_seq = 1
         self.end_seq: int | None = None
+        self.end: JournalEntry | None = None
         self.last_active = now
         self.changed = trio.Event()
 
@@ -129,8 +130,8 @@ class MemoryJournal(Journal):
 
     def _page(self, run_id: str, run: _Run, after: int, limit: int, now: float) -> JournalPage:
         start = max(0, after + 1 - run.first_seq)
-        entries = tuple(run.entries[start : start + limit]) if limit > 0 else ()
-        return check_page(run_id, after, JournalPage(entries, self._info(run_id, run, now)))
+        page = JournalPage(tuple(run.entries[start : start + limit]), self._info(run_id, run, now))
+        return check_page(run_id, after, page) if limit > 0 else page
 
     # -- the interface ---------------------------------------------------------------------------
 
@@ -158,16 +159,21 @@ class MemoryJournal(Journal):
         await trio.lowlevel.checkpoint()
         run = self._get(run_id)
         last = run.last_seq
+        if run.end is not None:
+            # Ended: only a retry of entries already stored passes, and at the terminal's seq
+            # only that very terminal (a writer's entry colliding with a seal does not).
+            for entry in entries:
+                if entry.seq >= run.end.seq and entry != run.end:
+                    raise RunClosed(
+                        f"run {run_id!r} already ended (terminal entry {run.end.seq})",
+                        run_id=run_id,
+                        end_seq=run.end.seq,
+                    )
+            return last
         new = [e for e in entries if e.seq > last]
         if not new:
-            # An idempotent retry of entries already stored (the terminal one included).
+            # An idempotent retry of entries already stored.
             return last
-        if run.end_seq is not None:
-            raise RunClosed(
-                f"run {run_id!r} already ended (terminal entry {run.end_seq})",
-                run_id=run_id,
-                end_seq=run.end_seq,
-            )
         if new[0].seq != last + 1:
             raise JournalCorrupted(
                 f"run {run_id!r}: write of seq {new[0].seq} after {last} would leave a gap",
@@ -182,6 +188,7 @@ class MemoryJournal(Journal):
         self._store(run, new)
         if new[-1].end is not None:
             run.end_seq = new[-1].seq
+            run.end = new[-1]
         self._touch(run_id, run, trio.current_time())
         run.notify()
         return run.last_seq
@@ -218,7 +225,8 @@ class MemoryJournal(Journal):
         if run.end_seq is not None or now - run.last_active < idle_limit:
             return False
         seq = run.last_seq + 1
-        self._store(run, [JournalEntry(seq, end=abandoned_end(run_id, idle_limit))])
+        run.end = JournalEntry(seq, end=abandoned_end(run_id, idle_limit))
+        self._store(run, [run.end])
         run.end_seq = seq
         # Not writer activity: last_active (and so the TTL) stays as the writer left it.
         run.notify()

@@ -206,9 +206,9 @@ class _Recorder:
         """Pump the source into the channel and queue the one terminal entry. Returns the
         source's own exception to re-raise (a bug), if any."""
         bug: BaseException | None = None
+        it = aiter(source)
         try:
             with self.consume_scope:
-                it = aiter(source)
                 try:
                     end, bug, explicit = await self._pump(it, source)
                     self.end = JournalEntry(self.seq, end=end)
@@ -224,6 +224,18 @@ class _Recorder:
                     pass
         finally:
             self.send.close()
+            # The iterator is ours (made by aiter() here): close it, so that an async
+            # generator's cleanup runs now and not in the garbage collector. Not an
+            # LLMStream's: its owner's ``async with`` closes it.
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None and not isinstance(source, LLMStream):
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + self.options.close_timeout
+                    try:
+                        await aclose()
+                    except Exception:
+                        logger.debug("run %s: closing the source failed", self.run_id,
+                                     exc_info=True)
         return bug
 
     async def _pump(
@@ -295,14 +307,6 @@ class _Recorder:
                                  exc_info=True)
                     break
                 self.ignored += 1
-        aclose = getattr(it, "aclose", None)
-        if aclose is not None:
-            with trio.move_on_after(opts.drain_timeout):
-                try:
-                    await aclose()
-                except Exception:
-                    logger.debug("run %s: closing the source failed", self.run_id,
-                                 exc_info=True)
         if self.ignored:
             logger.info("run %s: %d item(s) after the ending ignored", self.run_id, self.ignored)
 
@@ -468,9 +472,12 @@ async def record(
     the failure if it is not an ``LLMStreamError``. An ``LLMStreamError`` from the source is
     the run's outcome, recorded in the terminal entry, and not raised.
 
+    The iterator taken from ``source`` is closed (``aclose()``) when recording ends, unless
+    ``source`` is an ``LLMStream``, which its own ``async with`` closes.
+
     Cancellation: the chunk being handed over and a *cancelled* terminal entry are still
     written (shielded, for at most ``options.close_timeout`` seconds) before ``Cancelled``
-    propagates; the source itself is not closed (its owner's ``async with`` does that).
+    propagates.
     """
     check_run_id(run_id)
     if create:

@@ -2,9 +2,10 @@
 
 Layout. A run has two keys with the same hash tag (so they live on one cluster slot and a
 Lua script may touch both): ``{prefix}:{<run id>}:e``, a Redis Stream holding the entries,
-and ``{prefix}:{<run id>}:m``, a hash with ``last`` (the last seq stored), ``end`` (the
-terminal entry's seq, once there is one) and ``hb`` (the writer's last activity, in ms of the
-*Redis server's* clock, so that processes whose clocks disagree still agree on idleness).
+and ``{prefix}:{<run id>}:m``, a hash with ``last`` (the last seq stored), ``end`` and
+``endd`` (the terminal entry's seq and data, once there is one: the data recognises a retry of
+that very entry) and ``hb`` (the writer's last activity, in ms of the *Redis server's* clock,
+so that processes whose clocks disagree still agree on idleness).
 
 Entries are stream entries whose ID is ``<seq>-0``: reading after a position is ``XRANGE
 key (seq+1)-0 +`` and waiting for the next is ``XREAD BLOCK ms STREAMS key <seq>-0``, with no
@@ -80,14 +81,25 @@ return 1
 # -> {1, last} stored (or already stored); {-1, 0} no run; {-2, last} gap; {-3, end} closed;
 #    {-4, 0} malformed batch (a terminal entry not last).
 _APPEND = _NOW + """
-local last = redis.call('HGET', KEYS[2], 'last')
-if not last then return {-1, 0} end
-last = tonumber(last)
+local m = redis.call('HMGET', KEYS[2], 'last', 'end', 'endd')
+if not m[1] then return {-1, 0} end
+local last = tonumber(m[1])
 local first = tonumber(ARGV[3])
 local n = (#ARGV - 3) / 2
+if m[2] then
+  -- Ended: only a retry of entries already stored passes, and at the terminal's seq only
+  -- that very terminal (a writer's entry colliding with a seal does not).
+  local endseq = tonumber(m[2])
+  for i = 0, n - 1 do
+    local seq = first + i
+    if seq >= endseq and (seq ~= endseq or ARGV[4 + 2 * i] ~= 'e'
+                          or ARGV[5 + 2 * i] ~= m[3]) then
+      return {-3, endseq}
+    end
+  end
+  return {1, last}
+end
 if first + n - 1 <= last then return {1, last} end
-local endseq = redis.call('HGET', KEYS[2], 'end')
-if endseq then return {-3, tonumber(endseq)} end
 local skip = last + 1 - first
 if skip < 0 then return {-2, last} end
 for i = 0, n - 2 do
@@ -99,7 +111,7 @@ for i = skip, n - 1 do
   local kind = ARGV[4 + 2 * i]
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'k', kind,
              'd', ARGV[5 + 2 * i])
-  if kind == 'e' then redis.call('HSET', KEYS[2], 'end', seq) end
+  if kind == 'e' then redis.call('HSET', KEYS[2], 'end', seq, 'endd', ARGV[5 + 2 * i]) end
 end
 redis.call('HSET', KEYS[2], 'last', seq, 'hb', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -141,7 +153,7 @@ if m[2] then return 0 end
 if now - tonumber(m[3]) < tonumber(ARGV[1]) then return 0 end
 local seq = tonumber(m[1]) + 1
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'k', 'e', 'd', ARGV[2])
-redis.call('HSET', KEYS[2], 'last', seq, 'end', seq)
+redis.call('HSET', KEYS[2], 'last', seq, 'end', seq, 'endd', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
@@ -336,8 +348,8 @@ class RedisJournal(Journal):
             first_seq=last + 1 if first < 0 else first,
             idle=max(0, int(idle_ms)) / 1000,
         )
-        entries = tuple(_entry(item[0], item[1]) for item in raw)
-        return check_page(run_id, after, JournalPage(entries, info))
+        page = JournalPage(tuple(_entry(item[0], item[1]) for item in raw), info)
+        return check_page(run_id, after, page) if limit > 0 else page
 
     async def read(
         self, run_id: str, *, after: int = 0, limit: int = 256, wait: float = 0.0

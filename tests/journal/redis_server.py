@@ -1,0 +1,127 @@
+"""A real ``redis-server`` on a free loopback port, for the journal's tests.
+
+Debian's ``redis-server`` is used; if it is missing it is installed with ``apt-get`` (as root,
+or through ``sudo``), and if that fails the tests fail with a clear message: nothing is skipped
+silently. Each server runs in its own temporary directory, without RDB snapshots, with or
+without an append-only file, and is stopped (SIGTERM, then SIGKILL) when done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def redis_server_binary() -> str:
+    """The path of ``redis-server``, installing it with apt-get if missing."""
+    path = shutil.which("redis-server")
+    if path:
+        return path
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    log = []
+    for cmd in (
+        [*sudo, "apt-get", "update", "-q"],
+        [*sudo, "apt-get", "install", "-y", "-q", "redis-server"],
+    ):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        log.append(f"$ {' '.join(cmd)} -> {proc.returncode}\n{proc.stderr[-2000:]}")
+    path = shutil.which("redis-server")
+    if not path:
+        pytest.fail(
+            "redis-server is not installed and installing it with apt-get failed; the journal "
+            "tests need it (apt-get install redis-server).\n" + "\n".join(log),
+            pytrace=False,
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ping(port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One redis-server process; ``start``, ``stop`` and ``restart`` on the same port."""
+
+    def __init__(self, directory: Path, *, appendonly: bool = False, port: int | None = None):
+        self.binary = redis_server_binary()
+        self.directory = directory
+        self.appendonly = appendonly
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        assert self.process is None, "already running"
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--dir", str(self.directory),
+            "--daemonize", "no",
+            "--logfile", str(self.directory / "redis.log"),
+        ]
+        if self.appendonly:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = (self.directory / "redis.log")
+                text = log.read_text()[-2000:] if log.exists() else ""
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{text}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()  # SIGTERM: redis shuts down cleanly (and syncs its AOF)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+@contextlib.contextmanager
+def running_redis(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
+    server = RedisServer(directory, appendonly=appendonly)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
