@@ -365,15 +365,22 @@ class RedisJournal(Journal):
         if page.entries or block_ms < 1 or page.info.ended or limit <= 0:
             return page
 
+        # Wait for anything after the last stored entry: a reader positioned past the end of
+        # a run (a client that already had the end) must wake when the end is written too.
+        since = min(after, page.info.last_seq)
+
         async def op() -> Any:
-            return await self.client.xread({keys[0]: f"{after}-0"}, count=limit, block=block_ms)
+            return await self.client.xread({keys[0]: f"{since}-0"}, count=limit, block=block_ms)
 
         reply = await self._call(run_id, "blocking read", op, wait + self.command_timeout)
         raw = reply.get(keys[0].encode()) if reply else None
-        if not raw:
-            # Nothing came: look again for the state (how long the run has been idle).
+        entries = tuple(
+            e for e in (_entry(item.identifier, item.field_values) for item in raw or ())
+            if e.seq > after
+        )
+        if not entries:
+            # Nothing for us came: look again for the state (how long the run has been idle).
             return await self._page(run_id, keys, after, limit)
-        entries = tuple(_entry(item.identifier, item.field_values) for item in raw)
         last = entries[-1]
         info = RunInfo(
             run_id=run_id,
