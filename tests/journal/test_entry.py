@@ -121,7 +121,7 @@ def test_wire_form_is_stable_and_compact() -> None:
         "status": "failed",
         "finish_reason": None,
         "error": {"type": "APIStatusError", "message": "HTTP 503", "retryable": True,
-                  "status_code": 503},
+                  "status_code": 503, "cause": None},
     }
     assert encode_entry(JournalEntry(3, end=RunEnd(StreamStatus.COMPLETED, "stop"))) == (
         b'{"seq":3,"end":{"status":"completed","finish_reason":"stop","error":null}}'

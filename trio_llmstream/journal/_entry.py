@@ -10,7 +10,8 @@ field.
 
 The wire form is JSON, written and read with msgspec Structs, so that what Redis stores and
 what the SSE relay sends is the same documented text, stable across versions (unknown fields
-are ignored when decoding; fields at their default are left out when encoding)::
+are ignored when decoding; a chunk's fields at their default are left out when encoding, an
+end record always has all its fields)::
 
     chunk  {"id": "req-1", "choices": [{"index": 0, "delta": {"role": "assistant",
             "content": "Hi", "reasoning": "...", "tool_calls": [{"id": "call_1",
@@ -188,7 +189,7 @@ class _Chunk(msgspec.Struct, omit_defaults=True):
     usage: _Usage | None = None
 
 
-class _Error(msgspec.Struct, omit_defaults=True):
+class _Error(msgspec.Struct):
     type: str
     message: str
     retryable: bool = False
