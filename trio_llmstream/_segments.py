@@ -134,6 +134,7 @@ import trio
 
 from ._exceptions import SegmentError
 from ._models import ChatChunk, StreamStatus
+from ._util import open_owner_nursery
 
 __all__ = [
     "Segment",
@@ -901,22 +902,12 @@ async def open_turn(
         lookahead_items=lookahead_items,
         handler_nursery=handler_nursery,
     )
-    body_exc: BaseException | None = None
-    async with trio.open_nursery() as nursery:
+    def stop(body_exc: BaseException | None) -> None:
+        turn._stop(
+            cancel_handlers=body_exc is not None or turn.status is not StreamStatus.COMPLETED
+        )
+
+    async with open_owner_nursery(stop) as nursery:
         await nursery.start(turn._host_handlers)
         nursery.start_soon(turn._produce)
-        try:
-            yield turn
-        except BaseException as exc:
-            # Re-raised below, outside the nursery, so it is never wrapped in a group.
-            body_exc = exc
-        finally:
-            turn._stop(
-                cancel_handlers=body_exc is not None
-                or turn.status is not StreamStatus.COMPLETED
-            )
-    if body_exc is not None:
-        try:
-            raise body_exc
-        finally:
-            body_exc = None  # break the frame <-> traceback cycle
+        yield turn

@@ -75,6 +75,7 @@ from ._models import (
 )
 from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Timeouts
 from ._tools import FunctionTool, ToolCallHandle, ToolOptions, ToolOutcome, run_tool_call
+from ._util import open_owner_nursery
 
 DEFAULT_TOOL_OPTIONS = ToolOptions()
 
@@ -500,6 +501,13 @@ class LLMStream:
             for scope in self._tool_scopes:
                 scope.cancel()
 
+    def _exit(self, _body_exc: BaseException | None) -> None:
+        self._cancel(exiting=True)
+        # The block is over: so is iteration, even over chunks taken but not yet seen; the
+        # error, if any, stays on ``stream.error``.
+        self._buf = []
+        self._closed = True
+
     async def _run_tool(self, handle: ToolCallHandle, scope: trio.CancelScope) -> None:
         # The scope was registered before this task was started, so a stream cancelled in
         # between still cancels the call (a scope cancelled before entry is entered cancelled).
@@ -824,21 +832,8 @@ async def open_llm_stream(
         buffer_size=buffer_size,
         rng=rng or _system_random,
     )
-    body_exc: BaseException | None = None
-    async with trio.open_nursery() as nursery:
+    async with open_owner_nursery(stream._exit) as nursery:
         stream._nursery = nursery
         nursery.start_soon(stream._run)
-        try:
-            yield stream
-        except BaseException as exc:
-            # Re-raised below, outside the nursery, so it is never wrapped in a group.
-            body_exc = exc
-        finally:
-            stream._cancel(exiting=True)
-            # The block is over: so is iteration, even over chunks taken but not yet seen; the
-            # error, if any, stays on ``stream.error``.
-            stream._buf = []
-            stream._closed = True
-    if body_exc is not None:
-        raise body_exc
+        yield stream
 

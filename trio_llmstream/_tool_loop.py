@@ -31,6 +31,7 @@ from ._models import ChatChunk, ChatContext, CollectedResponse, LLMMetrics
 from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from ._stream import LLMStream, open_llm_stream
 from ._tools import FunctionTool, ToolCallHandle, ToolOptions, ToolOutcome
+from ._util import open_owner_nursery
 
 __all__ = ["StepEnd", "ToolLoop", "ToolLoopEvent", "run_tool_loop"]
 
@@ -196,14 +197,6 @@ async def run_tool_loop(
     if on_metrics is not None:
         kwargs["on_metrics"] = on_metrics
     loop = ToolLoop(_PRIVATE)
-    body_exc: BaseException | None = None
-    async with trio.open_nursery() as nursery:
+    async with open_owner_nursery(lambda _: nursery.cancel_scope.cancel()) as nursery:
         nursery.start_soon(_run_steps, loop, llm, chat_ctx, tool_list, max_steps, kwargs)
-        try:
-            yield loop
-        except BaseException as exc:
-            body_exc = exc  # re-raised outside the nursery, never wrapped in a group
-        finally:
-            nursery.cancel_scope.cancel()
-    if body_exc is not None:
-        raise body_exc
+        yield loop

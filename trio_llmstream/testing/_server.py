@@ -56,6 +56,7 @@ import attrs
 import msgspec
 import trio
 
+from .._util import open_owner_nursery
 from ._script import MockResponse, ResponseLike, _as_response, _Special, error_response
 
 if TYPE_CHECKING:
@@ -569,21 +570,9 @@ async def open_mock_server(
         handler=handler, path_prefix=path_prefix, raise_handler_errors=raise_handler_errors
     )
     server.enqueue(*responses)
-    body_error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        try:
-            await nursery.start(server._serve, config, stop_timeout)
-            yield server
-        except BaseException as exc:
-            # Re-raised below, outside the nursery, so that it is not wrapped in a group.
-            body_error = exc
-        finally:
-            server._begin_stop(stop_timeout)
-    if body_error is not None:
-        try:
-            raise body_error
-        finally:
-            body_error = None  # break the frame <-> traceback reference cycle
+    async with open_owner_nursery(lambda _: server._begin_stop(stop_timeout)) as nursery:
+        await nursery.start(server._serve, config, stop_timeout)
+        yield server
     if server._raise_handler_errors and server._handler_errors:
         first = server._handler_errors[0]
         more = len(server._handler_errors) - 1

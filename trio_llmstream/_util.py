@@ -1,0 +1,38 @@
+"""Small structured-concurrency helpers shared by the async context managers of the library."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import trio
+
+__all__ = ["open_owner_nursery"]
+
+
+@asynccontextmanager
+async def open_owner_nursery(
+    on_exit: Callable[[BaseException | None], object],
+) -> AsyncIterator[trio.Nursery]:
+    """A nursery for the tasks an ``open_*`` context manager owns, whose body is the caller's.
+
+    When the block ends — normally, by the caller's exception or by cancellation —
+    ``on_exit(exc)`` is called (with the block's exception, or None) so the owner can stop its
+    tasks, and the nursery waits for them. The block's own exception is then re-raised
+    *outside* the nursery, so it propagates as itself: with strict exception groups a nursery
+    would wrap it in an ``ExceptionGroup``, and a user's ``except KeyError`` around
+    ``async with open_llm_stream(...)`` would stop matching.
+    """
+    body_exc: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            yield nursery
+        except BaseException as exc:
+            body_exc = exc
+        finally:
+            on_exit(body_exc)
+    if body_exc is not None:
+        try:
+            raise body_exc
+        finally:
+            body_exc = None  # break the frame <-> traceback reference cycle
