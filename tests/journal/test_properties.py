@@ -222,7 +222,7 @@ def test_memory_journal_properties(sc: Scenario) -> None:
 
 
 # Real time and a real server: fewer examples, shorter delays.
-@settings(max_examples=max(10, PROFILE_EXAMPLES // 4))
+@settings(max_examples=max(10, PROFILE_EXAMPLES // 3))
 @given(sc=scenarios(delays=[0.0, 0.001, 0.004, 0.01], cancel_max=0.05))
 def test_redis_journal_properties(redis_server: RedisServer, sc: Scenario) -> None:
     async def main() -> None:

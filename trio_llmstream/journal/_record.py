@@ -7,16 +7,18 @@ How it works
 nursery of its own for two helpers, so nothing outlives the call:
 
 - the *consumer* (the calling task) pulls items from the source, numbers them (seq 1, 2, ...)
-  and puts them in a bounded channel (``max_pending`` entries). When the journal is slow or
-  down, the channel fills and the consumer stops pulling: backpressure reaches the source (an
-  ``LLMStream`` then holds its provider, whose idle clock is paused meanwhile, and TCP flow
-  control slows the LLM server) instead of memory growing;
-- the *flusher* takes entries from the channel and writes them in batches: a batch is written
-  as soon as it holds ``batch_size`` entries or the terminal entry, or ``flush_interval``
-  seconds after its first entry arrived, whichever comes first. A failed write keeps its batch
-  and retries it with exponential backoff and jitter; because ``Journal.append`` is idempotent
-  by seq, a write whose reply was lost and is retried stores nothing twice. After
-  ``give_up_after`` seconds of uninterrupted failures ``record`` raises
+  and puts them in a bounded queue of ``max_pending`` entries (a plain deque: a trio channel
+  would cost a task switch per chunk, 8x the rest of the recorder's work). When the journal
+  is slow or down, the queue fills and the consumer stops pulling: backpressure reaches the
+  source (an ``LLMStream`` then holds its provider, whose idle clock is paused meanwhile, and
+  TCP flow control slows the LLM server) instead of memory growing;
+- the *flusher* takes entries from the queue and writes them in batches: a batch is written
+  as soon as it holds ``batch_size`` entries (or the queue is full) or the terminal entry, or
+  ``flush_interval`` seconds after its first entry was queued, whichever comes first. Memory
+  is bounded by the ``max_pending`` queued entries plus the ``batch_size`` being written. A
+  failed write keeps its batch and retries it with exponential backoff and jitter; because
+  ``Journal.append`` is idempotent by seq, a write whose reply was lost and is retried stores
+  nothing twice. After ``give_up_after`` seconds of uninterrupted failures ``record`` raises
   ``JournalUnavailable``; its run then has no terminal entry, and its followers end with
   ``StreamAbandoned`` once the heartbeats have stopped for their limit;
 - the *heartbeat*: whenever no write succeeded for ``heartbeat_interval`` seconds (the model is
@@ -44,7 +46,9 @@ second terminal cannot happen even through other writers.
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import random
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
@@ -81,7 +85,8 @@ class RecordOptions:
     - ``batch_size``: entries per write at most; a batch is written once it is full...
     - ``flush_interval``: ...or this long after its first entry arrived (0: at once; batches
       then form only from what queued up during the previous write);
-    - ``max_pending``: entries queued for writing before the source is made to wait;
+    - ``max_pending``: entries queued for writing (besides the batch being written) before
+      the source is made to wait;
     - ``heartbeat_interval``: mark the run alive after this long without a write; followers'
       ``abandon_after`` must be comfortably larger (3x or more);
     - ``retry_initial`` / ``retry_max``: backoff between failed writes (doubling, jittered);
@@ -152,6 +157,78 @@ class _EndTracker:
         return bool(self.finish) and all(r is not None for r in self.finish.values())
 
 
+class _Broken(Exception):
+    """The flusher failed: nothing more can be queued (its error is raised by record())."""
+
+
+class _Queue:
+    """Entries between the consumer and the flusher: bounded, and cheap per entry.
+
+    A trio channel would cost a scheduling round per chunk, more than everything else the
+    recorder does with it; here the consumer appends to a deque without waiting unless it is
+    full, and wakes the flusher only when the flusher has something to do about it (the
+    first entry of a batch, a full batch, the terminal entry, the end).
+    """
+
+    __slots__ = ("_data", "_room", "batch_size", "broken", "closed", "entries", "full",
+                 "limit", "times")
+
+    def __init__(self, limit: int, batch_size: int) -> None:
+        self.entries: collections.deque[JournalEntry] = collections.deque()
+        self.times: collections.deque[float] = collections.deque()  # when each was queued
+        self.limit = limit
+        self.batch_size = batch_size
+        self.full = min(batch_size, limit)  # this many queued: write now
+        self.closed = False
+        self.broken = False
+        self._data = trio.Event()
+        self._room = trio.Event()
+
+    async def put(self, entry: JournalEntry) -> None:
+        """Queue ``entry``, waiting while the queue is full. Cancellation: if cancelled,
+        the entry was not queued."""
+        while len(self.entries) >= self.limit and not self.broken:
+            if self._room.is_set():
+                self._room = trio.Event()
+            await self._room.wait()
+        if self.broken or self.closed:
+            raise _Broken
+        self.entries.append(entry)
+        self.times.append(trio.current_time())
+        n = len(self.entries)
+        if n == 1 or n >= self.full or entry.end is not None:
+            self._data.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._data.set()
+
+    def break_(self) -> None:
+        self.broken = True
+        self._room.set()
+
+    def ready(self) -> bool:
+        """A batch should be written now: a full one (or the queue is full), the terminal
+        entry, or nothing more will come."""
+        entries = self.entries
+        return len(entries) >= self.full or self.closed or entries[-1].end is not None
+
+    async def wait_data(self, deadline: float = math.inf) -> None:
+        """Wait until woken by put()/close(), or until ``deadline``."""
+        if self._data.is_set():
+            self._data = trio.Event()
+        with trio.move_on_at(deadline):
+            await self._data.wait()
+
+    def take(self) -> list[JournalEntry]:
+        n = min(len(self.entries), self.batch_size)
+        batch = [self.entries.popleft() for _ in range(n)]
+        for _ in range(n):
+            self.times.popleft()
+        self._room.set()
+        return batch
+
+
 def _end_for_error(exc: LLMStreamError, source: object) -> RunEnd:
     truncated = (isinstance(source, LLMStream) and source.status is StreamStatus.TRUNCATED) or (
         isinstance(exc, StreamInterrupted) and isinstance(exc.cause, StreamTruncatedError)
@@ -174,7 +251,7 @@ class _Recorder:
         self.options = options
         self.rng = rng
         self.seq = first_seq
-        self.send, self.recv = trio.open_memory_channel[JournalEntry](options.max_pending)
+        self.queue = _Queue(options.max_pending, options.batch_size)
         self.tracker = _EndTracker()
         self.pending: ChatChunk | None = None  # taken from the source, not yet queued
         self.end: JournalEntry | None = None  # the terminal entry, once queued
@@ -212,18 +289,18 @@ class _Recorder:
                 try:
                     end, bug, explicit = await self._pump(it, source)
                     self.end = JournalEntry(self.seq, end=end)
-                    await self.send.send(self.end)
+                    await self.queue.put(self.end)
                     if explicit:
                         await self._drain(it)
                 except trio.Cancelled:
                     if not self.consume_scope.cancel_called:
                         await self._finish_cancelled()
                     raise
-                except trio.BrokenResourceError:
+                except _Broken:
                     # The flusher failed (its error is re-raised by record()).
                     pass
         finally:
-            self.send.close()
+            self.queue.close()
             # The iterator is ours (made by aiter() here): close it, so that an async
             # generator's cleanup runs now and not in the garbage collector. Not an
             # LLMStream's: its owner's ``async with`` closes it.
@@ -242,7 +319,7 @@ class _Recorder:
         self, it: AsyncIterator[ChatChunk | RunEnd], source: object
     ) -> tuple[RunEnd, BaseException | None, bool]:
         tracker = self.tracker
-        send = self.send
+        put = self.queue.put
         while True:
             try:
                 item = await anext(it)
@@ -263,7 +340,7 @@ class _Recorder:
                 return RunEnd(StreamStatus.FAILED, error=ErrorInfo.from_exception(bug)), bug, True
             tracker.add(item)
             self.pending = item
-            await send.send(JournalEntry(self.seq, chunk=item))
+            await put(JournalEntry(self.seq, chunk=item))
             self.pending = None
             self.seq += 1
             self.chunks += 1
@@ -321,16 +398,16 @@ class _Recorder:
             try:
                 if self.end is None:
                     if self.pending is not None:
-                        await self.send.send(JournalEntry(self.seq, chunk=self.pending))
+                        await self.queue.put(JournalEntry(self.seq, chunk=self.pending))
                         self.pending = None
                         self.seq += 1
                         self.chunks += 1
                     end = RunEnd(StreamStatus.CANCELLED, finish_reason=self.tracker.finish_reason)
                     self.end = JournalEntry(self.seq, end=end)
-                    await self.send.send(self.end)
-                self.send.close()
+                    await self.queue.put(self.end)
+                self.queue.close()
                 await self.flushed.wait()
-            except trio.BrokenResourceError:
+            except _Broken:
                 pass
 
     # -- the flusher and the heartbeat -------------------------------------------------------
@@ -349,46 +426,30 @@ class _Recorder:
                 self.flushed.set()
 
     async def _flush_loop(self) -> None:
-        opts = self.options
-        recv = self.recv
-        batch: list[JournalEntry] = []
+        interval = self.options.flush_interval
+        queue = self.queue
         try:
-            closed = False
-            while not closed:
-                if not batch:
-                    try:
-                        batch.append(await recv.receive())
-                    except trio.EndOfChannel:
-                        break
-                deadline = trio.current_time() + opts.flush_interval
-                while len(batch) < opts.batch_size and batch[-1].end is None:
-                    try:
-                        batch.append(recv.receive_nowait())
+            while True:
+                if not queue.entries:
+                    if queue.closed:
+                        return
+                    await queue.wait_data()
+                    continue
+                if not queue.ready():
+                    deadline = queue.times[0] + interval
+                    if trio.current_time() < deadline:
+                        await queue.wait_data(deadline)
                         continue
-                    except trio.WouldBlock:
-                        pass
-                    except trio.EndOfChannel:
-                        closed = True
-                        break
-                    if trio.current_time() >= deadline:
-                        break
-                    with trio.move_on_at(deadline):
-                        try:
-                            batch.append(await recv.receive())
-                        except trio.EndOfChannel:
-                            closed = True
-                            break
-                        continue
-                    break
+                # Taken from the queue now, kept here until written: a failed write is retried
+                # with the same batch.
+                batch = queue.take()
                 await self._write(batch)
                 if batch[-1].end is not None:
                     self.end_written = batch[-1]
-                batch = []
         except Exception as exc:
             self.error = exc
+            queue.break_()
             self.consume_scope.cancel()
-        finally:
-            recv.close()
 
     async def _write(self, batch: list[JournalEntry]) -> None:
         opts = self.options

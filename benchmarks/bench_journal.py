@@ -1,0 +1,215 @@
+"""Journal benchmarks: write throughput and write-to-follower latency, memory and Redis.
+
+    .venv/bin/python benchmarks/bench_journal.py [--redis URL] [--quick]
+
+Without ``--redis`` a private ``redis-server`` is started on a free loopback port (no
+persistence) and stopped at the end. Everything is measured in the same run:
+
+1. Write throughput: ``record()`` of a source that yields chunks as fast as it can, until the
+   terminal entry is written, in chunks per second. Batched (the defaults: up to 64 entries
+   per write) versus one write per chunk (``batch_size=1``), for MemoryJournal and
+   RedisJournal; and, as the floor for Redis, the same chunks sent as bare ``XADD``s (one per
+   round trip, and pipelined 64 at a time) without the journal's Lua script, TTL or checks.
+2. Latency: a source paced like a fast model (one chunk every 5 ms); the time from the
+   recorder taking a chunk from the source to a live follower (``journal.follow``) returning
+   it; percentiles, for ``flush_interval`` 10 ms (the default) and 0 (write at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import trio
+
+from trio_llmstream import ChatChunk, Choice, ChoiceDelta, StreamStatus
+from trio_llmstream.journal import (
+    Journal,
+    MemoryJournal,
+    RecordOptions,
+    RunEnd,
+    encode_chunk,
+    open_redis_journal,
+    record,
+)
+
+WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and", "runs")
+DONE = RunEnd(StreamStatus.COMPLETED, "stop")
+
+
+def make_chunks(n: int) -> list[ChatChunk]:
+    return [
+        ChatChunk("chatcmpl-9f8e7d6c5b4a", [Choice(ChoiceDelta(content=WORDS[i % len(WORDS)] + " "))])
+        for i in range(n)
+    ]
+
+
+# -- a private redis-server ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server not found: apt-get install redis-server, or pass --redis URL")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as directory:
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", directory],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                        s.sendall(b"PING\r\n")
+                        if s.recv(16).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    sys.exit("redis-server did not start")
+                time.sleep(0.01)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            process.terminate()
+            process.wait()
+
+
+# -- throughput ----------------------------------------------------------------------------------
+
+
+async def fast_source(chunks: list[ChatChunk]) -> AsyncIterator[ChatChunk | RunEnd]:
+    for chunk in chunks:
+        yield chunk
+    yield DONE
+
+
+async def throughput(journal: Journal, chunks: list[ChatChunk], options: RecordOptions,
+                     run: str) -> float:
+    start = time.perf_counter()
+    result = await record(journal, run, fast_source(chunks), options=options)
+    elapsed = time.perf_counter() - start
+    assert result.chunks == len(chunks), result
+    return len(chunks) / elapsed
+
+
+async def raw_xadd(client: Any, key: str, chunks: list[ChatChunk], pipeline: int) -> float:
+    payloads = [encode_chunk(c) for c in chunks]
+    start = time.perf_counter()
+    if pipeline <= 1:
+        for i, data in enumerate(payloads, 1):
+            await client.xadd(key, {"k": "c", "d": data}, identifier=f"{i}-0")
+    else:
+        for first in range(0, len(payloads), pipeline):
+            async with client.pipeline(transaction=False) as pipe:
+                for i in range(first, min(first + pipeline, len(payloads))):
+                    pipe.xadd(key, {"k": "c", "d": payloads[i]}, identifier=f"{i + 1}-0")
+    return len(chunks) / (time.perf_counter() - start)
+
+
+# -- latency -------------------------------------------------------------------------------------
+
+
+async def latency(journal: Journal, n: int, interval: float, options: RecordOptions,
+                  run: str) -> list[float]:
+    chunks = make_chunks(n)
+    taken: dict[int, float] = {}
+    lags: list[float] = []
+
+    async def paced() -> AsyncIterator[ChatChunk | RunEnd]:
+        next_at = trio.current_time()
+        for seq, chunk in enumerate(chunks, 1):
+            next_at += interval
+            await trio.sleep_until(next_at)
+            taken[seq] = time.perf_counter()
+            yield chunk
+        yield DONE
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: record(
+            journal, run, paced(), options=options, task_status=task_status))
+        async for entry in journal.follow(run):
+            if entry.chunk is not None:
+                lags.append(time.perf_counter() - taken[entry.seq])
+    return lags
+
+
+def percentiles(lags: list[float]) -> str:
+    ms = sorted(x * 1000 for x in lags)
+    q = statistics.quantiles(ms, n=100)
+    return f"p50 {q[49]:6.2f} ms   p90 {q[89]:6.2f} ms   p99 {q[98]:6.2f} ms   max {ms[-1]:6.2f} ms"
+
+
+async def main(redis_url: str, quick: bool) -> None:
+    n_fast = 5_000 if quick else 20_000
+    n_slow = 1_000 if quick else 4_000
+    n_lat = 100 if quick else 400
+    batched = RecordOptions()  # batch_size 64, flush_interval 10 ms
+    per_chunk = RecordOptions(batch_size=1, flush_interval=0.0)
+    print(f"trio_llmstream.journal benchmarks (python {sys.version.split()[0]}, "
+          f"{os.cpu_count()} cpus; redis {redis_url})\n")
+
+    print("1. write throughput: record() of a source that never waits, to the terminal entry")
+    rows: list[tuple[str, float]] = []
+    memory = MemoryJournal(max_entries=100_000)
+    rows.append(("memory, batched (64/write)", await throughput(memory, make_chunks(n_fast),
+                                                               batched, "m1")))
+    rows.append(("memory, one write per chunk", await throughput(memory, make_chunks(n_fast),
+                                                                per_chunk, "m2")))
+    prefix = f"bench-{os.getpid()}"
+    async with open_redis_journal(redis_url, prefix=prefix, maxlen=100_000) as redis:
+        rows.append(("redis, batched (64/write)", await throughput(
+            redis, make_chunks(n_fast), batched, "r1")))
+        rows.append(("redis, one write per chunk", await throughput(
+            redis, make_chunks(n_slow), per_chunk, "r2")))
+        rows.append(("redis floor: bare XADD, pipelined 64", await raw_xadd(
+            redis.client, f"{prefix}:raw1", make_chunks(n_fast), 64)))
+        rows.append(("redis floor: bare XADD, one per round trip", await raw_xadd(
+            redis.client, f"{prefix}:raw2", make_chunks(n_slow), 1)))
+        for key in (f"{prefix}:raw1", f"{prefix}:raw2", *redis.keys("r1"), *redis.keys("r2")):
+            await redis.client.delete([key])
+        for name, rate in rows:
+            print(f"   {name:<44} {rate:>10,.0f} chunks/s")
+        r = dict(rows)
+        print(f"   batched / per chunk: memory x{r['memory, batched (64/write)'] / r['memory, one write per chunk']:.1f}, "
+              f"redis x{r['redis, batched (64/write)'] / r['redis, one write per chunk']:.1f}")
+        print(f"   journal / bare XADD: batched {r['redis, batched (64/write)'] / r['redis floor: bare XADD, pipelined 64']:.2f}, "
+              f"per chunk {r['redis, one write per chunk'] / r['redis floor: bare XADD, one per round trip']:.2f}")
+
+        print(f"\n2. write-to-follower latency: one chunk every 5 ms, {n_lat} chunks, a live follower")
+        immediate = RecordOptions(flush_interval=0.0)
+        for name, journal in (("memory", memory), ("redis", redis)):
+            for label, options in (("flush_interval 10 ms", batched), ("flush_interval 0", immediate)):
+                run = f"lat-{name}-{label.split()[-2]}"
+                lags = await latency(journal, n_lat, 0.005, options, run)
+                print(f"   {name:<7} {label:<21} {percentiles(lags)}")
+        for run in ("lat-redis-10", "lat-redis-0"):
+            await redis.delete_run(run)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--redis", default=None, metavar="URL")
+    parser.add_argument("--quick", action="store_true", help="fewer chunks (a smoke run)")
+    args = parser.parse_args()
+    if args.redis:
+        trio.run(main, args.redis, args.quick)
+    else:
+        with private_redis() as url:
+            trio.run(main, url, args.quick)
