@@ -238,3 +238,24 @@ async def test_an_exception_from_the_block_is_not_wrapped(redis_server: RedisSer
     with pytest.raises(KeyError):
         async with open_redis_journal(redis_server.url):
             raise KeyError("mine")
+
+
+async def test_waiting_followers_do_not_starve_writers(redis_server: RedisServer) -> None:
+    # Many followers blocked on idle runs hold blocking connections; writes still go
+    # through at once, on the other client's connections.
+    async with open_redis_journal(
+        redis_server.url, prefix=unique_prefix(), max_connections=2, max_blocking_connections=40
+    ) as journal:
+        for i in range(30):
+            await journal.create_run(f"idle-{i}")
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(partial(read_all, journal, f"idle-{i}", abandon_after=60))
+            await trio.sleep(0.2)  # all blocked in XREAD now
+            started = trio.current_time()
+            await record(journal, "busy", Source([*chunks(200), DONE]),
+                         options=RecordOptions(batch_size=1, flush_interval=0.0))
+            elapsed = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+        assert elapsed < 3.0
+        check_run(await read_all(journal, "busy"), chunks(200), StreamStatus.COMPLETED)

@@ -24,8 +24,10 @@ Errors are translated at one place, :meth:`RedisJournal._call`: connection error
 
 coredis runs on trio through anyio. Its client is an async context manager that owns a task
 group for its connections: :func:`open_redis_journal` enters it for the caller, so the
-connections live inside the caller's nursery tree. A blocked ``XREAD`` holds one connection
-of the pool for its duration, so the pool's ``max_connections`` bounds concurrent followers.
+connections live inside the caller's nursery tree. coredis multiplexes ordinary commands
+over its pooled connections, but a blocked ``XREAD`` holds a connection for as long as it
+waits; so blocking reads get a client (and pool) of their own, and a crowd of waiting
+followers can never starve the writers of connections.
 """
 
 from __future__ import annotations
@@ -196,7 +198,9 @@ class RedisJournal(Journal):
     """A journal in Redis Streams, shared by every process using the same Redis.
 
     ``client`` is a ``coredis.Redis`` with ``decode_responses=False``, already entered
-    (``async with client``) by the caller; :func:`open_redis_journal` does both. Keys start
+    (``async with client``) by the caller; :func:`open_redis_journal` does both.
+    ``blocking_client``, if given (same requirements), serves the followers' blocking reads,
+    so that they cannot take every connection of ``client``'s pool from the writers. Keys start
     with ``prefix``. Each run's keys expire ``ttl`` seconds after its last write or heartbeat
     (``PEXPIRE`` at every write), and its stream keeps about ``maxlen`` entries (``XADD
     MAXLEN ~``: Redis trims whole internal nodes, so a little more may stay). Every command
@@ -207,6 +211,7 @@ class RedisJournal(Journal):
         self,
         client: coredis.Redis[bytes],
         *,
+        blocking_client: coredis.Redis[bytes] | None = None,
         prefix: str = "trio_llmstream",
         ttl: float = 24 * 3600.0,
         maxlen: int = 10_000,
@@ -217,6 +222,7 @@ class RedisJournal(Journal):
         if any(c in prefix for c in "{} "):
             raise ValueError(f"the key prefix may not contain braces or spaces: {prefix!r}")
         self.client = client
+        self.blocking_client = blocking_client or client
         self.prefix = prefix
         self.ttl = ttl
         self.maxlen = maxlen
@@ -370,7 +376,9 @@ class RedisJournal(Journal):
         since = min(after, page.info.last_seq)
 
         async def op() -> Any:
-            return await self.client.xread({keys[0]: f"{since}-0"}, count=limit, block=block_ms)
+            return await self.blocking_client.xread(
+                {keys[0]: f"{since}-0"}, count=limit, block=block_ms
+            )
 
         reply = await self._call(run_id, "blocking read", op, wait + self.command_timeout)
         raw = reply.get(keys[0].encode()) if reply else None
@@ -425,14 +433,18 @@ async def open_redis_journal(
     maxlen: int = 10_000,
     command_timeout: float = 5.0,
     connect_timeout: float = 2.0,
-    max_connections: int | None = None,
+    max_connections: int = 64,
+    max_blocking_connections: int = 1024,
 ) -> AsyncIterator[RedisJournal]:
     """Connect to Redis at ``url`` and yield a :class:`RedisJournal` for the block.
 
-    The coredis client (and its connection tasks) lives for the block, inside the caller's
-    task tree; leaving the block closes its connections. ``max_connections`` bounds the pool
-    (each live follower's blocking read holds one connection while it waits). Connecting is
-    lazy: an unreachable Redis shows as ``JournalUnavailable`` from the first operation.
+    Two coredis clients (and their connection tasks) live for the block, inside the caller's
+    task tree; leaving the block closes their connections. One carries every ordinary command
+    (multiplexed over at most ``max_connections`` connections); the other the followers'
+    blocking reads, one connection per waiting follower, at most
+    ``max_blocking_connections`` (more followers wait their turn, which delays them by up to
+    their poll interval). Connecting is lazy: an unreachable Redis shows as
+    ``JournalUnavailable`` from the first operation.
     An exception from the block propagates unchanged (not wrapped in an ExceptionGroup by
     coredis's task group).
 
@@ -445,18 +457,25 @@ async def open_redis_journal(
         raise ImportError(
             "RedisJournal needs coredis: pip install 'trio_llmstream[redis]'"
         ) from exc
-    kwargs: dict[str, Any] = {"connect_timeout": connect_timeout}
-    if max_connections is not None:
-        kwargs["max_connections"] = max_connections
     # No retries inside coredis: the recorder and followers retry, knowing what is safe.
     client: coredis.Redis[bytes] = coredis.Redis.from_url(
-        url, decode_responses=False, retry_policy=NoRetryPolicy(), **kwargs
+        url, decode_responses=False, retry_policy=NoRetryPolicy(),
+        connect_timeout=connect_timeout, max_connections=max_connections,
+    )
+    blocking: coredis.Redis[bytes] = coredis.Redis.from_url(
+        url, decode_responses=False, retry_policy=NoRetryPolicy(),
+        connect_timeout=connect_timeout, max_connections=max_blocking_connections,
     )
     journal = RedisJournal(
-        client, prefix=prefix, ttl=ttl, maxlen=maxlen, command_timeout=command_timeout
+        client,
+        blocking_client=blocking,
+        prefix=prefix,
+        ttl=ttl,
+        maxlen=maxlen,
+        command_timeout=command_timeout,
     )
     body_exc: BaseException | None = None
-    async with client:
+    async with client, blocking:
         try:
             yield journal
         except BaseException as exc:
