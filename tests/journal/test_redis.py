@@ -68,12 +68,12 @@ async def test_ttl_and_maxlen_are_applied(redis_server: RedisServer) -> None:
 async def test_runs_expire_ttl_after_their_last_write_or_heartbeat(
     redis_server: RedisServer,
 ) -> None:
-    async with open_redis_journal(redis_server.url, prefix=unique_prefix(), ttl=0.3) as journal:
-        # Quiet for 0.8 s, longer than the TTL: the heartbeats keep the run.
-        source = Source([chunk(1), chunk(2), DONE], delay=[0, 0.8, 0])
+    async with open_redis_journal(redis_server.url, prefix=unique_prefix(), ttl=0.5) as journal:
+        # Quiet for 1 s, twice the TTL: the heartbeats keep the run.
+        source = Source([chunk(1), chunk(2), DONE], delay=[0, 1.0, 0])
         await record(journal, "a", source, options=RecordOptions(heartbeat_interval=0.05))
         check_run(await read_all(journal, "a"), chunks(2), StreamStatus.COMPLETED)
-        await trio.sleep(0.45)
+        await trio.sleep(0.65)
         with pytest.raises(RunNotFound):
             await journal.info("a")
         assert await journal.client.exists(list(journal.keys("a"))) == 0
