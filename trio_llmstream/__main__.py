@@ -90,7 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_chat.add_argument("--api-key-env", default=None,
                         help="name of the environment variable holding the API key")
     p_chat.add_argument("prompt")
+    from .journal._relay import add_relay_arguments, run_relay_command
+
+    add_relay_arguments(sub.add_parser("relay", help="serve LLM runs as resumable SSE"))
     args = parser.parse_args(argv)
+    if args.command == "relay":
+        return run_relay_command(args)
     try:
         if args.command == "demo":
             try:

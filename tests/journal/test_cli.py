@@ -1,0 +1,100 @@
+"""``python -m trio_llmstream relay`` as real processes: one with the in-memory journal, and
+two sharing Redis, a client resuming on the second what it began on the first."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import trio
+
+from trio_llmstream.testing import open_mock_server, text_stream
+
+from .redis_server import RedisServer, free_port
+from .sse_client import Event, check_stream, read_events
+from .test_relay import MESSAGES, TEXT, text_of
+
+
+@asynccontextmanager
+async def relay_process(*args: str) -> AsyncIterator[str]:
+    """Run the relay command; yield its base URL; stop it with SIGTERM, which must end it
+    cleanly (exit code 0)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "trio_llmstream", "relay", *args, "--port", str(port)]
+    process = await trio.lowlevel.open_process(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert process.stdout is not None
+    output = bytearray()
+    listening = trio.Event()
+
+    async def drain() -> None:
+        assert process.stdout is not None
+        while data := await process.stdout.receive_some():
+            output.extend(data)
+            if b"relay listening on" in output:
+                listening.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            with trio.fail_after(30):
+                await listening.wait()
+            yield f"http://127.0.0.1:{port}"
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(15):
+                await process.wait()
+        assert process.returncode == 0, output.decode()
+        assert b"SIGTERM, stopping" in output
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+        await process.stdout.aclose()
+
+
+async def test_relay_command_with_the_memory_journal() -> None:
+    async with (
+        open_mock_server(text_stream(TEXT, chunk_size=6, delay=0.005)) as upstream,
+        relay_process("--upstream", upstream.base_url, "--model", "m") as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        response = await client.post("/v1/runs", json=MESSAGES)
+        assert response.status_code == 201
+        events_url = response.json()["events"]
+        _, events = await read_events(client, events_url)
+        assert check_stream(events)["status"] == "completed"
+        assert text_of(events) == TEXT
+        assert upstream.requests[0].json["model"] == "m"
+
+
+async def test_two_relay_processes_share_runs_through_redis(redis_server: RedisServer) -> None:
+    async with (
+        open_mock_server(text_stream(TEXT, chunk_size=2, delay=0.01)) as upstream,
+        relay_process("--upstream", upstream.base_url, "--model", "m",
+                      "--redis", redis_server.url) as url_a,
+        relay_process("--upstream", upstream.base_url, "--model", "m",
+                      "--redis", redis_server.url) as url_b,
+        httpx.AsyncClient(base_url=url_a, timeout=10) as a,
+        httpx.AsyncClient(base_url=url_b, timeout=10) as b,
+    ):
+        response = await a.post("/v1/runs", json=MESSAGES)
+        assert response.status_code == 201
+        events_url = response.json()["events"]
+        seen: list[Event] = []
+        _, first = await read_events(a, events_url, stop_after=6)
+        seen += first
+        # The browser reconnects, with Last-Event-ID, to the other process.
+        _, rest = await read_events(b, events_url, last_event_id=seen[-1].id)
+        seen += rest
+        assert check_stream(seen)["status"] == "completed"
+        assert text_of(seen) == TEXT
+        # And a client already at the end is told to stop, by either.
+        for client in (a, b):
+            status, _ = await read_events(client, events_url, last_event_id=seen[-1].id)
+            assert status == 204
