@@ -252,8 +252,8 @@ async def run_scenario(
     # After the block: iterating again ends at once, never raising a channel error.
     async for _ in stream:
         raise AssertionError("no chunk after the block")
-    # The channel was closed by its one owner.
-    assert stream._recv.statistics().open_send_channels == 0
+    # The pipe was closed by its one owner, and nothing waits in it.
+    assert stream._pipe.closed
     return run, llm, expected
 
 

@@ -14,17 +14,20 @@ Structure. ``open_llm_stream`` opens one nursery in the caller's task and runs i
 - *tool-call tasks*, started as soon as a complete call reaches the consumer (eager execution)
   or by ``execute_functions()``, each in a cancel scope of its own.
 
-Commit point. An attempt commits when the consumer has *received* visible output. The channel
-has no buffer by default, so ``send`` returning means the consumer took the batch. Before the
-commit, non-visible chunks (role, usage, finish) are held back by the emitter and sent together
-with the first visible chunk (or at the attempt's successful end), so a failed uncommitted
-attempt leaves no trace in what the consumer saw, and the consumer receives exactly the chunks
-of the attempt that succeeded or committed.
+Commit point. An attempt commits when the consumer has *received* visible output. Until then
+every hand-off is exact: it returns only once the consumer has taken the batch, and a cancelled
+one takes its chunks back. Before the commit, non-visible chunks (role, usage, finish) are held
+back by the emitter and sent together with the first visible chunk (or at the attempt's
+successful end), so a failed uncommitted attempt leaves no trace in what the consumer saw, and
+the consumer receives exactly the chunks of the attempt that succeeded or committed.
 
 Batching. A trio channel operation costs a scheduling round (about 3 µs), more than parsing a
-chunk. So the channel carries *batches*: all the chunks decoded from one network read travel
-in one operation, and the consumer pops them from a local list. Exactness of the commit point is
-unchanged: a batch is received whole or not at all.
+chunk, and servers flush one event per HTTP chunk. So attempts hand chunks over through a
+``Pipe`` (see ``_pipe.py``): after the commit point the producer appends and goes on reading,
+the consumer takes everything pending at once and pops it from a local list, so there is about
+one hand-off per socket read, and at most ``buffer_size`` chunks wait (backpressure beyond).
+Before the commit point every hand-off waits until the consumer has taken it, which keeps the
+commit point exact.
 
 Timeouts. ``first_token`` and ``idle`` are enforced here, not by providers. Moving a cancel
 scope's deadline on every chunk would cost more than the rest of the per-chunk work, so the
@@ -74,6 +77,7 @@ from ._models import (
     ToolSpec,
 )
 from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Timeouts
+from ._pipe import Pipe
 from ._tools import FunctionTool, ToolCallHandle, ToolOptions, ToolOutcome, run_tool_call
 from ._util import open_owner_nursery
 
@@ -82,6 +86,10 @@ DEFAULT_TOOL_OPTIONS = ToolOptions()
 __all__ = ["LLMStream", "open_llm_stream"]
 
 logger = logging.getLogger("trio_llmstream")
+
+# Chunks that may wait for the consumer after the commit point: enough for the chunks of a
+# few socket reads, so the producer need not yield per chunk (see _pipe.py).
+DEFAULT_BUFFER_SIZE = 64
 
 # Chunks without visible output held back before an attempt commits (role, usage, finish...).
 # A real server sends a handful; thousands mean a broken server, answered with a typed error.
@@ -171,10 +179,10 @@ class _AttemptEmitter:
     """
 
     __slots__ = (
-        "_channel",
         "_held",
         "_idle",
         "_paused",
+        "_pipe",
         "_scope",
         "_stream",
         "committed",
@@ -192,12 +200,12 @@ class _AttemptEmitter:
     def __init__(
         self,
         stream: LLMStream,
-        channel: trio.MemorySendChannel[list[ChatChunk]],
+        pipe: Pipe[ChatChunk],
         scope: trio.CancelScope,
         timeouts: Timeouts,
     ) -> None:
         self._stream = stream
-        self._channel = channel
+        self._pipe = pipe
         self._scope = scope
         self._held: list[ChatChunk] = []
         self._paused = False
@@ -251,12 +259,12 @@ class _AttemptEmitter:
             if chunk.usage is not None:
                 self.usage = chunk.usage
         if self.committed:
-            await self._deliver(list(chunks))
+            await self._deliver(chunks)
         elif any(chunk.is_visible for chunk in chunks):
             self.first_visible_at = now
             batch = self._held + list(chunks)
             self._held = []
-            await self._deliver(batch)
+            await self._deliver(batch, exact=True)
             self.committed = True
             self._stream._on_commit()
         else:
@@ -266,15 +274,31 @@ class _AttemptEmitter:
                     f"more than {MAX_HELD_CHUNKS} chunks without any visible output"
                 )
 
-    async def _deliver(self, batch: list[ChatChunk]) -> None:
+    async def _deliver(self, batch: Sequence[ChatChunk], *, exact: bool = False) -> None:
+        """Hand ``batch`` to the consumer: exactly (return once it took it) before the commit
+        point, through the pipe's bounded buffer after it."""
+        pipe = self._pipe
+        start = pipe.pending
+        pipe.put_nowait(batch)
+        if exact or pipe.limit == 0:
+            await self._wait_taken(start)
+            self._accept(batch)
+        else:
+            self._accept(batch)
+            if pipe.over_limit:
+                await self._wait_taken(None)
+
+    async def _wait_taken(self, take_back: int | None) -> None:
         # Waiting for the consumer is backpressure, not a slow server: the idle clock stops,
-        # and restarts when the consumer has taken the batch.
+        # and restarts when the consumer has taken the chunks.
         self._paused = True
         try:
-            await self._channel.send(batch)
+            await self._pipe.wait_taken(take_back=take_back)
         finally:
             self._paused = False
             self.last_data_at = trio.current_time()
+
+    def _accept(self, batch: Sequence[ChatChunk]) -> None:
         calls = self._stream._acc.add(batch)
         if calls is not None:
             self._stream._on_calls_delivered(calls)
@@ -297,6 +321,14 @@ class _StreamEnd:
 
 
 _Observation = _AttemptEmitter | AttemptMetrics | _StreamEnd
+
+
+@asynccontextmanager
+async def _closing(pipe: Pipe[ChatChunk]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        pipe.close()
 
 
 class LLMStream:
@@ -339,7 +371,7 @@ class LLMStream:
         self._on_tool_start: Callable[[ToolCallHandle], object] | None = None
         self._on_metrics = tuple(on_metrics)
         self._rng = rng
-        self._send, self._recv = trio.open_memory_channel[list[ChatChunk]](buffer_size)
+        self._pipe = Pipe[ChatChunk](buffer_size)
         self._buf: list[ChatChunk] = []
         self._pos = 0
         self._acc = _Accumulator()
@@ -371,15 +403,14 @@ class LLMStream:
         if pos < len(buf):
             self._pos = pos + 1
             return buf[pos]
-        try:
-            batch = await self._recv.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
+        batch = None if self._closed else await self._pipe.get()
+        if batch is None:
             await self._finished.wait()
             error = self._error
             if error is not None and not self._error_raised and not self._closed:
                 self._error_raised = True
-                raise error  # noqa: B904 - the stream's own error, not a handling failure
-            raise StopAsyncIteration from None
+                raise error
+            raise StopAsyncIteration
         self._buf = batch
         self._pos = 1
         return batch[0]
@@ -532,13 +563,13 @@ class LLMStream:
         end: _StreamEnd | None = None
         in_flight = False  # an attempt started and not yet recorded
         attempt = 0
-        async with self._send, obs:
+        async with _closing(self._pipe), obs:
             try:
                 while True:
                     timeouts = options.timeouts_for(attempt)
                     error: BaseException | None = None
                     scope = trio.CancelScope()
-                    emitter = current = _AttemptEmitter(self, self._send, scope, timeouts)
+                    emitter = current = _AttemptEmitter(self, self._pipe, scope, timeouts)
                     in_flight = True
                     obs.send_nowait(emitter)  # the supervisor keeps its time limits
                     with scope:
@@ -781,7 +812,7 @@ async def open_llm_stream(
     tool_options: ToolOptions = DEFAULT_TOOL_OPTIONS,
     on_metrics: MetricsCallback | Sequence[MetricsCallback] | None = None,
     extra: Mapping[str, Any] | None = None,
-    buffer_size: int = 0,
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
     rng: random.Random | None = None,
 ) -> AsyncIterator[LLMStream]:
     """Open a streaming chat completion of ``chat_ctx`` from ``llm``.
@@ -798,8 +829,10 @@ async def open_llm_stream(
     exactly once, however it ends. ``tools`` are ``FunctionTool``s (run by the stream: calls
     start as soon as they are delivered, per ``tool_options``), plain functions (made into
     tools by ``function_tool``) or bare ``ToolSpec``s (only described to the model).
-    ``buffer_size`` is the channel buffer in batches (0, the default, makes the commit point
-    exact). ``rng`` drives the backoff jitter (for tests).
+    ``buffer_size`` bounds the chunks that may wait for the consumer *after* the commit point
+    (before it, every hand-off waits until the consumer has taken the chunks, so the commit
+    point is exact whatever the size); 0 makes every hand-off wait. ``rng`` drives the
+    backoff jitter (for tests).
 
     Cancellation: leaving the block by ``break``, exception or outside cancellation cancels
     the request and tool calls and records the stream as cancelled; an exception from the
