@@ -879,6 +879,17 @@ class ChatCompletionParser:
             self._leave_fast(data, out)
             return out
         pending = self._pending
+        if (
+            not pending
+            and data[:6] == b"data: "
+            and data.find(10) == len(data) - 2
+            and data[-1] == 10
+            and len(data) <= self._limit
+        ):
+            # The most common read of all: exactly one whole single-line data block (servers
+            # flush one event per HTTP chunk, and httpx yields one chunk at a time).
+            asm._payloads((data[6:-2],), out)
+            return out
         # Only the new bytes can hold a new separator (one may straddle the two reads).
         start = len(pending) - 1
         pending += data
