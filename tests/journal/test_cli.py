@@ -98,3 +98,12 @@ async def test_two_relay_processes_share_runs_through_redis(redis_server: RedisS
         for client in (a, b):
             status, _ = await read_events(client, events_url, last_event_id=seen[-1].id)
             assert status == 204
+
+
+def test_relay_command_reports_an_unreachable_redis() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    cmd = [sys.executable, "-m", "trio_llmstream", "relay", "--upstream", "http://127.0.0.1:9/v1",
+           "--model", "m", "--redis", url, "--port", str(free_port())]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "error: JournalUnavailable: Redis unavailable" in proc.stderr

@@ -458,3 +458,14 @@ async def test_per_run_cap_bounds_memory(autojump_clock: MockClock) -> None:
     assert len(run.entries) < 100 + 100 // 8
     assert run.entries[-1].is_terminal
     assert run.last_seq == 10_001
+
+
+async def test_a_source_that_is_not_async_iterable_is_refused_before_the_run_exists(
+    autojump_clock: MockClock,
+) -> None:
+    journal = MemoryJournal()
+    with pytest.raises(TypeError, match="async iterable"):
+        await record(journal, "a", [chunk(1)])  # type: ignore[arg-type]
+    with pytest.raises(RunNotFound):
+        await journal.info("a")
+

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import sys
@@ -31,14 +30,6 @@ from .helpers import Source, check_run, read_all
 from .redis_server import RedisServer, free_port, running_redis
 
 WRITER = Path(__file__).with_name("writer_process.py")
-
-# coredis 6.9 leaves the anyio memory streams of a connection attempt that failed unclosed;
-# they warn (ResourceWarning) when collected. The tests that make connections fail expect
-# exactly that, and collect them before they end so no other test sees the warnings.
-coredis_failed_connections = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <function MemoryObject(Send|Receive)Stream.__del__"
-    ":pytest.PytestUnraisableExceptionWarning"
-)
 DONE = RunEnd(StreamStatus.COMPLETED, "stop")
 
 
@@ -150,7 +141,6 @@ async def test_a_killed_writer_leads_readers_to_stream_abandoned(
         await read_all(redis_journal, "k", abandon_after=limit)
 
 
-@coredis_failed_connections
 async def test_redis_restart_during_a_run_loses_nothing(tmp_path: Path) -> None:
     with running_redis(tmp_path, appendonly=True) as server:
         async with open_redis_journal(
@@ -181,10 +171,8 @@ async def test_redis_restart_during_a_run_loses_nothing(tmp_path: Path) -> None:
             check_run(await read_all(journal, "a"), chunks(80), StreamStatus.COMPLETED)
             assert results[0].failed_flushes >= 1
             assert results[0].chunks == 80
-    gc.collect()
 
 
-@coredis_failed_connections
 async def test_an_outage_longer_than_give_up_after_fails_the_recorder(tmp_path: Path) -> None:
     with running_redis(tmp_path) as server:
         async with open_redis_journal(
@@ -203,10 +191,8 @@ async def test_an_outage_longer_than_give_up_after_fails_the_recorder(tmp_path: 
                     await record(journal, "b", source, options=options)
             # It gave up after 0.5 s of failures, at the first batch after the stop.
             assert 5 <= source.yielded <= 100
-    gc.collect()
 
 
-@coredis_failed_connections
 async def test_an_unreachable_redis_is_a_typed_error() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     async with open_redis_journal(url, connect_timeout=0.2) as journal:
@@ -214,7 +200,6 @@ async def test_an_unreachable_redis_is_a_typed_error() -> None:
             await journal.create_run("a")
         with trio.fail_after(3), pytest.raises(JournalUnavailable):
             await read_all(journal, "a", unavailable_after=0.3)
-    gc.collect()
 
 
 async def test_a_hung_redis_times_out(tmp_path: Path) -> None:

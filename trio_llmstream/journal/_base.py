@@ -292,15 +292,25 @@ class Follower:
                 self._done = True
                 continue
             if info.idle >= self._abandon_after:
-                await self._retrying(self._seal)
-                # The next read returns the seal, or the terminal that beat it.
-                self._wait = 0.0
+                sealed = await self._seal()
+                # The next read returns the seal, or the terminal that beat it; if neither
+                # (a heartbeat came in between), look again shortly.
+                self._wait = 0.0 if sealed else min(self._poll, 0.01)
                 continue
             # Wake when the run would become abandoned if nothing happens meanwhile.
             self._wait = min(self._poll, self._abandon_after - info.idle)
 
-    async def _seal(self) -> None:
-        await self._journal.seal_abandoned(self.run_id, idle_limit=self._abandon_after)
+    async def _seal(self) -> bool:
+        sealed = False
+
+        async def seal() -> None:
+            nonlocal sealed
+            sealed = await self._journal.seal_abandoned(
+                self.run_id, idle_limit=self._abandon_after
+            )
+
+        await self._retrying(seal)
+        return sealed
 
     async def _read(self, wait: float) -> JournalPage:
         page: JournalPage | None = None

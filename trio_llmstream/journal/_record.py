@@ -280,11 +280,12 @@ class _Recorder:
     # -- the consumer ------------------------------------------------------------------------
 
     async def consume(self, source: AsyncIterable[ChatChunk | RunEnd]) -> BaseException | None:
-        """Pump the source into the channel and queue the one terminal entry. Returns the
+        """Pump the source into the queue and queue the one terminal entry. Returns the
         source's own exception to re-raise (a bug), if any."""
         bug: BaseException | None = None
-        it = aiter(source)
+        it: AsyncIterator[ChatChunk | RunEnd] | None = None
         try:
+            it = aiter(source)
             with self.consume_scope:
                 try:
                     end, bug, explicit = await self._pump(it, source)
@@ -541,6 +542,8 @@ async def record(
     propagates.
     """
     check_run_id(run_id)
+    if not isinstance(source, AsyncIterable):
+        raise TypeError(f"record() needs an async iterable source, not {type(source).__name__}")
     if create:
         await journal.create_run(run_id)
         first_seq = 1

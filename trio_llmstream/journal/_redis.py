@@ -268,6 +268,14 @@ class RedisJournal(Journal):
             run_id=run_id,
         )
 
+    async def ping(self) -> None:
+        """Check that Redis answers (``JournalUnavailable`` if not). Cancellation: harmless."""
+
+        async def op() -> Any:
+            return await self.client.ping()
+
+        await self._call("-", "ping", op, self.command_timeout)
+
     def _not_found(self, run_id: str) -> RunNotFound:
         return RunNotFound(
             f"no run {run_id!r} in Redis (never created, deleted or expired)", run_id=run_id

@@ -341,6 +341,10 @@ class RelayApp:
         except JournalError as exc:
             await _error(send, 500, f"the journal failed: {exc}")
             return
+        except RuntimeError:
+            # The run task was cancelled before it started: the relay is stopping.
+            await _error(send, 503, "the relay is stopping")
+            return
         events = f"{self.path_prefix}/runs/{run_id}/events"
         await _json_response(
             send, 201, {"id": run_id, "events": events}, [(b"location", events.encode())]
@@ -582,7 +586,7 @@ async def run_relay(
                                       task_status)
         else:
             async with open_redis_journal(redis_url) as journal:
-                await journal.client.ping()  # fail fast on a wrong URL
+                await journal.ping()  # fail fast on a wrong URL
                 await _serve_until_signal(journal, llm, f"redis {redis_url}", host, port,
                                           abandon_after, task_status)
 
