@@ -163,7 +163,10 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     async def delete_run(self, run_id: str) -> None:
-        """Forget the run and its entries (no error if it does not exist)."""
+        """Forget the run and its entries (no error if it does not exist).
+
+        Cancellation: the run may or may not have been deleted.
+        """
 
     async def info(self, run_id: str) -> RunInfo:
         """The run's state (``RunNotFound`` if unknown). Cancellation: harmless."""

@@ -236,6 +236,8 @@ class RelayApp:
         return len(self._streams)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry point. Cancellation (by the server): a lifespan cancels the runs it
+        owns, each recording a cancelled ending; an events response just stops."""
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
@@ -576,7 +578,13 @@ async def run_relay(
     abandon_after: float = 10.0,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the relay until cancelled, SIGINT or SIGTERM (then stop gracefully)."""
+    """Run the relay (the ``relay`` command) on ``host``:``port``: runs go to ``upstream``
+    with ``model``, the journal is Redis at ``redis_url`` or in memory. ``task_status`` gets
+    the base URL once listening.
+
+    SIGINT or SIGTERM: stops gracefully (see :func:`serve_relay`) and returns.
+    Cancellation: stops gracefully the same way, then propagates.
+    """
     from ..providers.openai import OpenAILLM
     from ._redis import open_redis_journal
 
