@@ -87,9 +87,10 @@ __all__ = ["LLMStream", "open_llm_stream"]
 
 logger = logging.getLogger("trio_llmstream")
 
-# Chunks that may wait for the consumer after the commit point: enough for the chunks of a
-# few socket reads, so the producer need not yield per chunk (see _pipe.py).
-DEFAULT_BUFFER_SIZE = 64
+# Chunks that may wait for the consumer after the commit point, so the producer need not yield
+# per chunk (see _pipe.py). Small: with a thousand streams whose consumers lag, every buffered
+# chunk is memory; past 16 a hand-off per 17 chunks costs little.
+DEFAULT_BUFFER_SIZE = 16
 
 # Chunks without visible output held back before an attempt commits (role, usage, finish...).
 # A real server sends a handful; thousands mean a broken server, answered with a typed error.

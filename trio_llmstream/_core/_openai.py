@@ -481,7 +481,8 @@ class ChatCompletionAssembler:
                         reasoning = delta.reasoning_content or delta.reasoning or None
                         if content is not None or reasoning is not None:
                             rid = wire.id
-                            if not rid:
+                            if not rid or rid == self._rid:
+                                # One shared string for the stream's chunks, not one per chunk.
                                 rid = self._rid
                             elif self.request_id is None:
                                 self.request_id = self._rid = rid
