@@ -99,6 +99,11 @@ MAX_HELD_CHUNKS = 1024
 _system_random = random.Random()
 
 
+# Text pieces are joined every so often: a token is a few characters, its str object ~50 bytes
+# more, and a thousand concurrent streams each keep their whole response.
+_COMPACT_AT = 64
+
+
 class _Accumulator:
     """Folds delivered chunks into the response so far (per choice), for ``collect()``,
     ``function_calls`` and ``StreamInterrupted.partial``."""
@@ -129,9 +134,15 @@ class _Accumulator:
                     self.calls[index] = []
                     self.finish[index] = None
                 if delta.content:
-                    text[index].append(delta.content)
+                    pieces = text[index]
+                    pieces.append(delta.content)
+                    if len(pieces) >= _COMPACT_AT:
+                        pieces[:] = ["".join(pieces)]
                 if delta.reasoning:
-                    reasoning[index].append(delta.reasoning)
+                    pieces = reasoning[index]
+                    pieces.append(delta.reasoning)
+                    if len(pieces) >= _COMPACT_AT:
+                        pieces[:] = ["".join(pieces)]
                 if delta.tool_calls:
                     self.calls[index].extend(delta.tool_calls)
                     if new is None:
