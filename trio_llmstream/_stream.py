@@ -193,6 +193,7 @@ class _AttemptEmitter:
     __slots__ = (
         "_held",
         "_idle",
+        "_now",
         "_paused",
         "_pipe",
         "_scope",
@@ -229,7 +230,9 @@ class _AttemptEmitter:
         self.first_visible_at: float | None = None
         self.last_chunk_at: float | None = None
         self.fired: tuple[TimeoutLimit, float] | None = None
-        now = trio.current_time()
+        # The clock's own method: trio.current_time() goes through two more calls per chunk.
+        self._now = trio.lowlevel.current_clock().current_time
+        now = self._now()
         self.started_at = self.last_data_at = now
         self.first_token_deadline = (
             math.inf if timeouts.first_token is None else now + timeouts.first_token
@@ -261,22 +264,28 @@ class _AttemptEmitter:
         return idle
 
     async def send(self, chunks: Sequence[ChatChunk]) -> None:
-        self.last_data_at = now = trio.current_time()
+        # The hot path: once per network read. After the commit point the chunks go into the
+        # pipe without a checkpoint; only a full pipe makes the producer wait.
+        self.last_data_at = now = self._now()
         if not chunks:
             return
         self.last_chunk_at = now
+        if self.committed:
+            pipe = self._pipe
+            pipe.put_nowait(chunks)
+            self._accept(chunks)
+            if pipe.over_limit:
+                await self._wait_taken(None)
+            return
         if self.request_id is None:
             self.request_id = chunks[0].request_id
         for chunk in chunks:
             if chunk.usage is not None:
                 self.usage = chunk.usage
-        if self.committed:
-            await self._deliver(chunks)
-        elif any(chunk.is_visible for chunk in chunks):
+        if any(chunk.is_visible for chunk in chunks):
             self.first_visible_at = now
-            batch = self._held + list(chunks)
+            await self._deliver_exactly(self._held + list(chunks))
             self._held = []
-            await self._deliver(batch, exact=True)
             self.committed = True
             self._stream._on_commit()
         else:
@@ -286,19 +295,14 @@ class _AttemptEmitter:
                     f"more than {MAX_HELD_CHUNKS} chunks without any visible output"
                 )
 
-    async def _deliver(self, batch: Sequence[ChatChunk], *, exact: bool = False) -> None:
-        """Hand ``batch`` to the consumer: exactly (return once it took it) before the commit
-        point, through the pipe's bounded buffer after it."""
+    async def _deliver_exactly(self, batch: list[ChatChunk]) -> None:
+        """Hand ``batch`` over and return once the consumer has taken it; if cancelled before
+        that, take it back (it was never delivered)."""
         pipe = self._pipe
         start = pipe.pending
         pipe.put_nowait(batch)
-        if exact or pipe.limit == 0:
-            await self._wait_taken(start)
-            self._accept(batch)
-        else:
-            self._accept(batch)
-            if pipe.over_limit:
-                await self._wait_taken(None)
+        await self._wait_taken(start)
+        self._accept(batch)
 
     async def _wait_taken(self, take_back: int | None) -> None:
         # Waiting for the consumer is backpressure, not a slow server: the idle clock stops,
@@ -308,10 +312,14 @@ class _AttemptEmitter:
             await self._pipe.wait_taken(take_back=take_back)
         finally:
             self._paused = False
-            self.last_data_at = trio.current_time()
+            self.last_data_at = self._now()
 
     def _accept(self, batch: Sequence[ChatChunk]) -> None:
-        calls = self._stream._acc.add(batch)
+        """``batch`` is delivered: fold it into the response (and this attempt's usage)."""
+        acc = self._stream._acc
+        calls = acc.add(batch)
+        if acc.usage is not None:
+            self.usage = acc.usage
         if calls is not None:
             self._stream._on_calls_delivered(calls)
 
@@ -321,7 +329,7 @@ class _AttemptEmitter:
         self.first_token_deadline = math.inf
         if self._held:
             batch, self._held = self._held, []
-            await self._deliver(batch)
+            await self._deliver_exactly(batch)
 
 
 @attrs.frozen
