@@ -47,6 +47,7 @@ from .._llm import LLM
 from .._models import ChatContext, ChatMessage
 from .._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from .._stream import open_llm_stream
+from .._util import hypercorn_config
 from ._base import Journal, check_run_id
 from ._errors import (
     EntriesExpired,
@@ -518,20 +519,11 @@ async def serve_relay(
     one). Cancellation: shuts down gracefully (``app.shutdown()``, then hypercorn's own,
     shielded and bounded by ``stop_timeout`` seconds more), then propagates.
     """
-    try:
-        from hypercorn.config import Config
-        from hypercorn.trio import serve
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the relay needs hypercorn: pip install 'trio_llmstream[server]'"
-        ) from exc
-    config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logger
-    config.graceful_timeout = stop_timeout
-    config.include_server_header = False
-    config.keep_alive_timeout = 75
+    config = hypercorn_config(
+        host, port, stop_timeout=stop_timeout, logger=logger, needed_by="the relay"
+    )
+    from hypercorn.trio import serve
+
     shutdown = trio.Event()
     server_scope = trio.CancelScope(shield=True)
 

@@ -56,7 +56,7 @@ import attrs
 import msgspec
 import trio
 
-from .._util import open_owner_nursery
+from .._util import hypercorn_config, open_owner_nursery
 from ._script import MockResponse, ResponseLike, _as_response, _Special, error_response
 
 if TYPE_CHECKING:
@@ -507,24 +507,11 @@ async def _watch_disconnect(
 
 
 def _make_config(host: str, port: int, stop_timeout: float, backlog: int) -> Config:
-    try:
-        from hypercorn.config import Config
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the mock server needs hypercorn: pip install 'trio_llmstream[server]'"
-        ) from exc
-    config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config = hypercorn_config(
+        host, port, stop_timeout=stop_timeout, logger=_LOGGER, needed_by="the mock server"
+    )
     config.backlog = backlog
-    config.graceful_timeout = stop_timeout
-    config.include_server_header = False
-    config.accesslog = None
-    config.errorlog = _LOGGER
     config.keep_alive_max_requests = 1_000_000
-    # Longer than clients' own keep-alive expiry (httpx: 5 s), so that a client never reuses a
-    # pooled connection at the moment the server closes it (a spurious "Server disconnected").
-    # Idle connections are still closed at once when the server stops.
-    config.keep_alive_timeout = 75
     return config
 
 
