@@ -1,10 +1,13 @@
-"""The command line: ``python -m trio_llmstream {demo,chat}``.
+"""The command line: ``python -m trio_llmstream {demo,chat,relay}``.
 
-- ``demo`` needs nothing but the package: it starts the loopback mock server in-process and
-  streams a scripted conversation through ``open_llm_stream`` (live text, a retry after an
-  injected fault, a tool call, a metrics table).
+- ``demo`` needs nothing but the package (and its ``server`` extra): it starts the loopback
+  mock server in-process and streams a scripted conversation through ``open_llm_stream``
+  (live text, a retry after an injected fault, a tool loop, a two-segment turn, a metrics
+  table).
 - ``chat --base-url URL --model NAME [--api-key-env VAR] PROMPT`` streams one answer from a
   real OpenAI-compatible server, printing text live and the metrics at the end.
+- ``relay --upstream URL --model NAME [--redis URL] [--port N]`` serves LLM runs as resumable
+  server-sent events (see ``trio_llmstream.journal``).
 """
 
 from __future__ import annotations
