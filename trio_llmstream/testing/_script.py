@@ -490,6 +490,36 @@ def _with_delays(chunks: list[StreamStep], delay: float) -> list[StreamStep]:
     return out
 
 
+def _ending(
+    *,
+    finish_reason: str | None,
+    usage: bool,
+    prompt_tokens: int,
+    completion_tokens: int,
+    done: bool,
+    model: str,
+    completion_id: str,
+    created: int,
+) -> list[StreamStep]:
+    # The end every scripted stream shares: a finish chunk, a usage-only chunk, [DONE].
+    steps: list[StreamStep] = []
+    if finish_reason is not None:
+        finish = chat_chunk(
+            {}, finish_reason=finish_reason,
+            model=model, completion_id=completion_id, created=created,
+        )
+        steps.append(ChunkEvent(finish))
+    if usage:
+        counts = usage_chunk(
+            prompt_tokens, completion_tokens,
+            model=model, completion_id=completion_id, created=created,
+        )
+        steps.append(ChunkEvent(counts))
+    if done:
+        steps.append(DoneEvent())
+    return steps
+
+
 def text_stream(
     text: str | Sequence[str],
     *,
@@ -525,22 +555,11 @@ def text_stream(
         steps.append(ChunkEvent(chunk({"role": "assistant", "content": ""})))
     content = [ChunkEvent(chunk({"content": piece})) for piece in pieces]
     steps.extend(_with_delays(list(content), delay))
-    if finish_reason is not None:
-        steps.append(ChunkEvent(chunk({}, finish_reason=finish_reason)))
-    if usage:
-        steps.append(
-            ChunkEvent(
-                usage_chunk(
-                    prompt_tokens,
-                    len(pieces),
-                    model=model,
-                    completion_id=completion_id,
-                    created=created,
-                )
-            )
-        )
-    if done:
-        steps.append(DoneEvent())
+    steps += _ending(
+        finish_reason=finish_reason, usage=usage, prompt_tokens=prompt_tokens,
+        completion_tokens=len(pieces), done=done,
+        model=model, completion_id=completion_id, created=created,
+    )
     return tuple(steps)
 
 
@@ -606,22 +625,11 @@ def tool_call_stream(
             delta = {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}
             body.append(ChunkEvent(chunk(delta)))
     steps.extend(_with_delays(body, delay))
-    if finish_reason is not None:
-        steps.append(ChunkEvent(chunk({}, finish_reason=finish_reason)))
-    if usage:
-        steps.append(
-            ChunkEvent(
-                usage_chunk(
-                    prompt_tokens,
-                    len(body),
-                    model=model,
-                    completion_id=completion_id,
-                    created=created,
-                )
-            )
-        )
-    if done:
-        steps.append(DoneEvent())
+    steps += _ending(
+        finish_reason=finish_reason, usage=usage, prompt_tokens=prompt_tokens,
+        completion_tokens=len(body), done=done,
+        model=model, completion_id=completion_id, created=created,
+    )
     return tuple(steps)
 
 
