@@ -78,10 +78,15 @@ from ._models import (
 )
 from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Timeouts
 from ._pipe import Pipe
-from ._tools import FunctionTool, ToolCallHandle, ToolOptions, ToolOutcome, run_tool_call
+from ._tools import (
+    DEFAULT_TOOL_OPTIONS,
+    FunctionTool,
+    ToolCallHandle,
+    ToolOptions,
+    ToolOutcome,
+    run_tool_call,
+)
 from ._util import open_owner_nursery
-
-DEFAULT_TOOL_OPTIONS = ToolOptions()
 
 __all__ = ["LLMStream", "open_llm_stream"]
 
@@ -343,14 +348,6 @@ class _StreamEnd:
 _Observation = _AttemptEmitter | AttemptMetrics | _StreamEnd
 
 
-@asynccontextmanager
-async def _closing(pipe: Pipe[ChatChunk]) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        pipe.close()
-
-
 class LLMStream:
     """A streaming chat completion: an async iterator of ``ChatChunk``.
 
@@ -583,7 +580,7 @@ class LLMStream:
         end: _StreamEnd | None = None
         in_flight = False  # an attempt started and not yet recorded
         attempt = 0
-        async with _closing(self._pipe), obs:
+        async with obs:
             try:
                 while True:
                     timeouts = options.timeouts_for(attempt)
@@ -663,6 +660,7 @@ class LLMStream:
                 assert end is not None
                 self._status = end.status
                 self._error = end.error
+                self._pipe.close()  # the consumer gets what is pending, then the end
                 obs.send_nowait(end)
 
     def _give_up(

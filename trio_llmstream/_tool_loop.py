@@ -30,7 +30,7 @@ from ._llm import LLM, MetricsCallback
 from ._models import ChatChunk, ChatContext, CollectedResponse, LLMMetrics
 from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from ._stream import LLMStream, open_llm_stream
-from ._tools import FunctionTool, ToolCallHandle, ToolOptions, ToolOutcome
+from ._tools import DEFAULT_TOOL_OPTIONS, FunctionTool, ToolCallHandle, ToolOptions, ToolOutcome
 from ._util import open_owner_nursery
 
 __all__ = ["StepEnd", "ToolLoop", "ToolLoopEvent", "run_tool_loop"]
@@ -193,7 +193,7 @@ async def run_tool_loop(
     tool_list = [as_function_tool(tool) for tool in tools]
     kwargs = dict(stream_kwargs)
     kwargs["conn_options"] = conn_options
-    kwargs["tool_options"] = tool_options or ToolOptions()
+    kwargs["tool_options"] = tool_options or DEFAULT_TOOL_OPTIONS
     if on_metrics is not None:
         kwargs["on_metrics"] = on_metrics
     loop = ToolLoop(_PRIVATE)

@@ -14,7 +14,7 @@ import enum
 import inspect
 import json
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -23,6 +23,7 @@ import trio
 from ._models import FunctionCall, ToolSpec
 
 __all__ = [
+    "DEFAULT_TOOL_OPTIONS",
     "FunctionTool",
     "ToolArgumentError",
     "ToolOptions",
@@ -98,6 +99,9 @@ class ToolOptions:
     def _check_concurrency(self, _attr: attrs.Attribute[Any], value: int | None) -> None:
         if value is not None and value < 1:
             raise ValueError(f"max_concurrency must be >= 1 or None, not {value!r}")
+
+
+DEFAULT_TOOL_OPTIONS = ToolOptions()
 
 
 class ToolOutcomeKind(enum.Enum):
@@ -252,9 +256,5 @@ async def _invoke(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
     # outlives the stream's block), and the cancellation lands when it returns.
     result = await trio.to_thread.run_sync(lambda: fn(**args))
     if inspect.isawaitable(result):
-        return await _await(result)
+        return await result
     return result
-
-
-async def _await(value: Awaitable[Any]) -> Any:
-    return await value

@@ -383,9 +383,10 @@ class OpenAILLM(LLM):
         parser = ChatCompletionParser()
         async for data in body:
             chunks = parser.feed(data)
-            # A read of keep-alive comments only is not data: it must not reset the idle
-            # clock (a server pinging forever is still stalled).
-            if chunks or data[:1] != b":":
+            # A read of keep-alive comments only (it starts with ":") is not data: it must not
+            # reset the idle clock (a server pinging forever is still stalled). An int
+            # comparison: no slice allocated per read.
+            if chunks or (data and data[0] != 0x3A):
                 await emit.send(chunks)
             if parser.finished:
                 break
