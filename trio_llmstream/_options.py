@@ -40,6 +40,11 @@ class Timeouts:
     connect: float | None = attrs.field(default=10.0, validator=_positive_or_none)
     first_token: float | None = attrs.field(default=None, validator=_positive_or_none)
     idle: float | None = attrs.field(default=10.0, validator=_positive_or_none)
+    # Added for the progress-based limits (semantics and defaults being reworked):
+    # ``first_event``: from the start of the attempt to its first complete data event;
+    # ``headers``: from the start of the attempt to the response headers (the provider's).
+    first_event: float | None = attrs.field(default=None, validator=_positive_or_none)
+    headers: float | None = attrs.field(default=None, validator=_positive_or_none)
 
 
 

@@ -345,6 +345,8 @@ class ChatCompletionAssembler:
     - ``finish_reasons``: ``{choice index: finish reason}`` seen so far.
     - ``request_id``: the ``id`` of the first chunk that had one, or None.
     - ``usage``: the last usage the server reported, or None.
+    - ``progress``: a counter that grows whenever complete data-carrying events were processed
+      (by any amount); comments, blank lines and unfinished lines never move it.
 
     Synchronous and free of I/O: nothing here blocks, so there is no cancellation behaviour.
     """
@@ -359,6 +361,7 @@ class ChatCompletionAssembler:
         "error",
         "finish_reasons",
         "finished",
+        "progress",
         "request_id",
         "usage",
     )
@@ -384,6 +387,9 @@ class ChatCompletionAssembler:
         self.finish_reasons: dict[int, str] = {}
         self.request_id: str | None = None
         self.usage: CompletionUsage | None = None
+        # Grows whenever complete data events were processed (not by how many): how a shell
+        # tells a read that made progress from keep-alive comments and partial lines.
+        self.progress = 0
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -407,6 +413,7 @@ class ChatCompletionAssembler:
                 if self.finished:
                     return out
             if kind == "error":
+                self.progress += 1
                 self._fail(self._error_event(event.data))
                 return out
             # Any other event type is not part of this protocol.
@@ -448,6 +455,7 @@ class ChatCompletionAssembler:
         # shortcut). The fast path is inlined: it runs for almost every chunk of a stream.
         if self.finished:
             return
+        self.progress += 1
         decode = _decode_chunk
         states = self._states
         append = out.append
@@ -853,6 +861,10 @@ class ChatCompletionParser:
     @property
     def usage(self) -> CompletionUsage | None:
         return self.assembler.usage
+
+    @property
+    def progress(self) -> int:
+        return self.assembler.progress
 
     def feed(self, data: bytes) -> list[ChatChunk]:
         """Process the next read of the body; return the chunks it completes, in order.
