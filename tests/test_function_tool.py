@@ -19,21 +19,16 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_llmstream._function_tool import (
-    Param,
+from trio_llmstream._models import FunctionCall, ToolSpec
+from trio_llmstream._tools._execute import ToolCallHandle, ToolOutcomeKind, run_tool_call
+from trio_llmstream._tools._function import (
+    FunctionTool,
     ToolRegistry,
     check_tool_name,
     function_tool,
-    validate_arguments,
 )
-from trio_llmstream._models import FunctionCall, ToolSpec
-from trio_llmstream._tools import (
-    FunctionTool,
-    ToolArgumentError,
-    ToolCallHandle,
-    ToolOutcomeKind,
-    run_tool_call,
-)
+from trio_llmstream._tools._schema import Param
+from trio_llmstream._tools._validate import ToolArgumentError, validate_arguments
 
 # ---------------------------------------------------------------------------------------------
 # Types used by the tests

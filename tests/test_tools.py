@@ -30,7 +30,7 @@ from trio_llmstream import (
     ToolOutcomeKind,
     ToolSpec,
     open_llm_stream,
-    run_tool_loop,
+    open_tool_loop,
 )
 from trio_llmstream.testing import ScriptedAttempt, ScriptedLLM, text_chunks
 
@@ -344,7 +344,7 @@ async def test_tool_loop_runs_until_no_calls(autojump_clock: trio.abc.Clock) -> 
     conversation = ctx()
     events: list[object] = []
     metrics = []
-    async with run_tool_loop(llm, conversation, tools, on_metrics=metrics.append) as loop:
+    async with open_tool_loop(llm, conversation, tools, on_metrics=metrics.append) as loop:
         async for event in loop:
             events.append(event)
     kinds = [type(e).__name__ for e in events]
@@ -369,7 +369,7 @@ async def test_tool_loop_stops_at_max_steps(autojump_clock: trio.abc.Clock) -> N
 
     step = [calls_chunk(FunctionCall("x", "again", "{}")), finish()]
     llm = StepLLM([step])
-    async with run_tool_loop(llm, ctx(), [FunctionTool(again, "again")], max_steps=3) as loop:
+    async with open_tool_loop(llm, ctx(), [FunctionTool(again, "again")], max_steps=3) as loop:
         steps = [e async for e in loop if isinstance(e, StepEnd)]
     assert len(steps) == 3
     assert loop.stop_reason == "max_steps"
@@ -385,7 +385,7 @@ async def test_tool_loop_error_is_in_band(autojump_clock: trio.abc.Clock) -> Non
         ) -> None:
             raise RuntimeError("provider bug")
 
-    async with run_tool_loop(Boom(), ctx(), [bad]) as loop:
+    async with open_tool_loop(Boom(), ctx(), [bad]) as loop:
         with pytest.raises(RuntimeError, match="provider bug"):
             async for _ in loop:
                 pass
@@ -402,7 +402,7 @@ async def test_tool_loop_break_cancels_everything(autojump_clock: trio.abc.Clock
 
     step = [calls_chunk(FunctionCall("x", "forever", "{}")), *(text("t") for _ in range(50))]
     llm = StepLLM([step])
-    async with run_tool_loop(llm, ctx(), [FunctionTool(forever, "forever")]) as loop:
+    async with open_tool_loop(llm, ctx(), [FunctionTool(forever, "forever")]) as loop:
         async for event in loop:
             if isinstance(event, ChatChunk) and event.text:
                 await started.wait()
@@ -502,7 +502,7 @@ def test_tool_loop_over_wire_plans(
     async def main() -> None:
         events = 0
         with trio.move_on_after(0.45 if consumer == "cancel" else math.inf):
-            async with run_tool_loop(llm, ctx(), tools, max_steps=2) as loop:
+            async with open_tool_loop(llm, ctx(), tools, max_steps=2) as loop:
                 state["loop"] = loop
                 async for event in loop:
                     events += 1

@@ -20,11 +20,6 @@ from ._exceptions import SegmentError as SegmentError
 from ._exceptions import StreamInterrupted as StreamInterrupted
 from ._exceptions import StreamProtocolError as StreamProtocolError
 from ._exceptions import StreamTruncatedError as StreamTruncatedError
-from ._function_tool import Param as Param
-from ._function_tool import ToolRegistry as ToolRegistry
-from ._function_tool import check_tool_name as check_tool_name
-from ._function_tool import function_tool as function_tool
-from ._function_tool import validate_arguments as validate_arguments
 from ._llm import LLM as LLM
 from ._llm import AttemptInfo as AttemptInfo
 from ._llm import ChunkEmitter as ChunkEmitter
@@ -70,16 +65,21 @@ from ._segments_stages import map_turn as map_turn
 from ._segments_stages import open_turn_stage as open_turn_stage
 from ._stream import LLMStream as LLMStream
 from ._stream import open_llm_stream as open_llm_stream
-from ._tool_loop import StepEnd as StepEnd
-from ._tool_loop import ToolLoop as ToolLoop
-from ._tool_loop import ToolLoopEvent as ToolLoopEvent
-from ._tool_loop import run_tool_loop as run_tool_loop
-from ._tools import FunctionTool as FunctionTool
-from ._tools import ToolArgumentError as ToolArgumentError
-from ._tools import ToolCallHandle as ToolCallHandle
-from ._tools import ToolOptions as ToolOptions
-from ._tools import ToolOutcome as ToolOutcome
-from ._tools import ToolOutcomeKind as ToolOutcomeKind
+from ._tools._execute import ToolCallHandle as ToolCallHandle
+from ._tools._execute import ToolOptions as ToolOptions
+from ._tools._execute import ToolOutcome as ToolOutcome
+from ._tools._execute import ToolOutcomeKind as ToolOutcomeKind
+from ._tools._function import FunctionTool as FunctionTool
+from ._tools._function import ToolRegistry as ToolRegistry
+from ._tools._function import check_tool_name as check_tool_name
+from ._tools._function import function_tool as function_tool
+from ._tools._loop import StepEnd as StepEnd
+from ._tools._loop import ToolLoop as ToolLoop
+from ._tools._loop import ToolLoopEvent as ToolLoopEvent
+from ._tools._loop import open_tool_loop as open_tool_loop
+from ._tools._schema import Param as Param
+from ._tools._validate import ToolArgumentError as ToolArgumentError
+from ._tools._validate import validate_arguments as validate_arguments
 from .providers.openai import OpenAILLM as OpenAILLM
 
 __version__ = "0.1.0"
@@ -153,8 +153,8 @@ __all__ = [
     "function_tool",
     "map_turn",
     "open_llm_stream",
+    "open_tool_loop",
     "open_turn",
     "open_turn_stage",
-    "run_tool_loop",
     "validate_arguments",
 ]

@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 import trio
 
-from ._function_tool import function_tool
 from ._models import ChatChunk, ChatContext, LLMMetrics
 from ._options import APIConnectOptions, Timeouts
 from ._stream import LLMStream, open_llm_stream
-from ._tool_loop import run_tool_loop
-from ._tools import ToolOutcome
+from ._tools._execute import ToolOutcome
+from ._tools._function import function_tool
+from ._tools._loop import open_tool_loop
 from .providers.openai import OpenAILLM
 
 __all__ = ["run_demo"]
@@ -124,7 +124,7 @@ async def run_demo(out: Callable[[str], None] | None = None) -> int:
                 text_stream("It's sunny in Oslo, 21 °C.", delay=0.02),
             )
             emit("\n\nuser> What's the weather in Oslo?\nassistant> ")
-            async with run_tool_loop(
+            async with open_tool_loop(
                 llm, ctx, [get_weather], conn_options=options, max_steps=3
             ) as loop:
                 async for event in loop:

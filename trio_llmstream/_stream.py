@@ -60,7 +60,6 @@ from ._exceptions import (
     StreamTruncatedError,
     TimeoutLimit,
 )
-from ._function_tool import as_function_tool
 from ._llm import LLM, AttemptInfo, MetricsCallback
 from ._models import (
     AttemptMetrics,
@@ -78,14 +77,14 @@ from ._models import (
 )
 from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Timeouts
 from ._pipe import Pipe
-from ._tools import (
+from ._tools._execute import (
     DEFAULT_TOOL_OPTIONS,
-    FunctionTool,
     ToolCallHandle,
     ToolOptions,
     ToolOutcome,
     run_tool_call,
 )
+from ._tools._function import FunctionTool, as_function_tool
 from ._util import open_owner_nursery
 
 __all__ = ["LLMStream", "open_llm_stream"]
@@ -364,7 +363,7 @@ class LLMStream:
         llm: LLM,
         request: ChatRequest,
         conn_options: APIConnectOptions,
-        tools: Mapping[str, FunctionTool],
+        tools: Mapping[str, FunctionTool[..., Any]],
         tool_options: ToolOptions = DEFAULT_TOOL_OPTIONS,
         on_metrics: Sequence[MetricsCallback],
         buffer_size: int,
@@ -385,7 +384,6 @@ class LLMStream:
             if tool_options.max_concurrency is None
             else trio.CapacityLimiter(tool_options.max_concurrency)
         )
-        self._on_tool_start: Callable[[ToolCallHandle], object] | None = None
         self._on_metrics = tuple(on_metrics)
         self._rng = rng
         self._pipe = Pipe[ChatChunk](buffer_size)
@@ -509,8 +507,12 @@ class LLMStream:
             scope = trio.CancelScope()
             self._tool_scopes.add(scope)
             self._nursery.start_soon(self._run_tool, handle, scope)
-            if self._on_tool_start is not None:
-                self._on_tool_start(handle)
+            on_start = self._tool_options.on_start
+            if on_start is not None:
+                try:
+                    on_start(handle)
+                except Exception:
+                    logger.exception("ToolOptions.on_start callback %r raised; ignored", on_start)
         return handle
 
     def _on_calls_delivered(self, calls: list[FunctionCall]) -> None:
@@ -799,10 +801,10 @@ _PRIVATE = object()
 
 
 def _tool_map(
-    tools: Iterable[FunctionTool | ToolSpec | Callable[..., Any]] | None,
-) -> tuple[tuple[ToolSpec, ...], dict[str, FunctionTool]]:
+    tools: Iterable[FunctionTool[..., Any] | ToolSpec | Callable[..., Any]] | None,
+) -> tuple[tuple[ToolSpec, ...], dict[str, FunctionTool[..., Any]]]:
     specs: list[ToolSpec] = []
-    runnable: dict[str, FunctionTool] = {}
+    runnable: dict[str, FunctionTool[..., Any]] = {}
     for tool in tools or ():
         if isinstance(tool, ToolSpec):
             spec = tool
@@ -821,7 +823,7 @@ async def open_llm_stream(
     llm: LLM,
     *,
     chat_ctx: ChatContext,
-    tools: Iterable[FunctionTool | ToolSpec | Callable[..., Any]] | None = None,
+    tools: Iterable[FunctionTool[..., Any] | ToolSpec | Callable[..., Any]] | None = None,
     tool_choice: ToolChoice | None = None,
     conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     temperature: float | None = None,

@@ -373,7 +373,7 @@ async def test_soak_concurrent_streams_with_random_faults() -> None:
 
 
 async def test_two_step_tool_loop_over_http(server: MockLLMServer, llm: OpenAILLM) -> None:
-    from trio_llmstream import ChatChunk, FunctionTool, StepEnd, ToolOutcome, run_tool_loop
+    from trio_llmstream import ChatChunk, FunctionTool, StepEnd, ToolOutcome, open_tool_loop
     from trio_llmstream.testing import tool_call_stream
 
     async def get_weather(city: str) -> str:
@@ -392,7 +392,7 @@ async def test_two_step_tool_loop_over_http(server: MockLLMServer, llm: OpenAILL
     )
     conversation = ctx()
     events: list[object] = []
-    async with run_tool_loop(llm, conversation, [tool], conn_options=OPTIONS) as loop:
+    async with open_tool_loop(llm, conversation, [tool], conn_options=OPTIONS) as loop:
         async for event in loop:
             events.append(event)
     assert loop.stop_reason == "no_tool_calls"

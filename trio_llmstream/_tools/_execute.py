@@ -1,11 +1,14 @@
-"""Function tools: running the calls a model asked for, each to exactly one outcome.
+"""Tool-call execution: running the calls a model asked for, each to exactly one outcome.
 
-This module holds the execution half: a :class:`FunctionTool` (a callable with the name,
-description and JSON schema the model sees), and a :class:`ToolCallHandle` per started call whose
-:class:`ToolOutcome` is set exactly once — result, error, timeout or cancelled — by the task that
-runs the call inside the stream's nursery. A model that gets no answer for a call re-issues it
-and repeats its side effects, so "exactly one outcome per call id" is an invariant, enforced
-here: a second outcome for a handle raises.
+A :class:`ToolCallHandle` stands for one started call; :func:`run_tool_call` runs it in a task
+of the stream's nursery and sets its :class:`ToolOutcome` exactly once — result, error, timeout
+or cancelled. A model that gets no answer for a call re-issues it and repeats its side effects,
+so "exactly one outcome per call id" is an invariant, enforced here: a second outcome for a
+handle raises. Nothing a call does becomes an exception that ends the stream: an unknown tool,
+arguments that are not JSON or that ``prepare`` refuses, and an exception from the tool are
+ERROR outcomes whose message goes back to the model; only cancellation propagates.
+:class:`ToolOptions` says how a stream runs its calls (when they start, their time limit, how
+many at once, what leaving the stream's block does to them, who hears of each start).
 """
 
 from __future__ import annotations
@@ -20,52 +23,17 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from ._models import FunctionCall, ToolSpec
+from .._models import FunctionCall
+from ._function import FunctionTool
 
 __all__ = [
     "DEFAULT_TOOL_OPTIONS",
-    "FunctionTool",
-    "ToolArgumentError",
-    "ToolOptions",
     "ToolCallHandle",
+    "ToolOptions",
     "ToolOutcome",
     "ToolOutcomeKind",
     "run_tool_call",
 ]
-
-
-@attrs.frozen
-class FunctionTool:
-    """A tool the model may call: ``fn`` plus what the model is told about it.
-
-    ``fn`` may be sync (run in a worker thread) or async; it is called with the call's
-    arguments, parsed from JSON, as keyword arguments. ``parameters`` is the JSON schema of
-    those arguments, given by hand here.
-    """
-
-    fn: Callable[..., Any]
-    name: str
-    description: str = ""
-    parameters: Mapping[str, Any] = attrs.field(
-        factory=lambda: {"type": "object", "properties": {}}
-    )
-    timeout: float | None = None
-    #: Turns the parsed JSON arguments into the keyword arguments of ``fn``: validates them
-    #: against ``parameters`` and converts values (enums, nested classes). Raises
-    #: ``ToolArgumentError`` with a message meant for the model. None: passed as they are.
-    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-
-    @property
-    def spec(self) -> ToolSpec:
-        return ToolSpec(name=self.name, description=self.description, parameters=self.parameters)
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.fn)
-
-
-class ToolArgumentError(ValueError):
-    """The model's arguments for a tool call are invalid; the message is sent back to it."""
 
 
 @attrs.frozen
@@ -81,7 +49,13 @@ class ToolOptions:
     - ``max_concurrency``: how many calls of one stream run at once (None: no limit);
     - ``on_exit``: what leaving the stream's block does to calls still running: ``"cancel"``
       them at once, or ``"wait"`` for them up to ``grace_period`` seconds and then cancel.
-      Cancellation from outside the block always cancels at once.
+      Cancellation from outside the block always cancels at once;
+    - ``on_start``: called with each call's :class:`ToolCallHandle` right after the call has
+      started (eagerly or by ``execute_functions()``), once per call, synchronously in the task
+      that started it (for eager starts, the stream's producer), so it must not block: to
+      follow a call, start a task that awaits ``handle.wait()`` (the tool loop does this to
+      report each outcome as soon as it exists). An exception from it is logged and ignored;
+      the call runs anyway.
     """
 
     eager: bool = True
@@ -89,6 +63,7 @@ class ToolOptions:
     max_concurrency: int | None = attrs.field(default=None)
     on_exit: Literal["cancel", "wait"] = "cancel"
     grace_period: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
+    on_start: Callable[[ToolCallHandle], object] | None = None
 
     @timeout.validator
     def _check_timeout(self, _attr: attrs.Attribute[Any], value: float | None) -> None:
@@ -105,6 +80,10 @@ DEFAULT_TOOL_OPTIONS = ToolOptions()
 
 
 class ToolOutcomeKind(enum.Enum):
+    """How a tool call ended: it returned (``RESULT``), failed — unknown tool, invalid
+    arguments or an exception from the tool — (``ERROR``), ran out of time (``TIMEOUT``) or was
+    cancelled with the stream (``CANCELLED``)."""
+
     RESULT = "result"
     ERROR = "error"
     TIMEOUT = "timeout"
@@ -190,7 +169,7 @@ def _parse_arguments(call: FunctionCall) -> dict[str, Any]:
 
 async def run_tool_call(
     handle: ToolCallHandle,
-    tools: Mapping[str, FunctionTool],
+    tools: Mapping[str, FunctionTool[..., Any]],
     *,
     default_timeout: float | None = None,
     limiter: trio.CapacityLimiter | None = None,
