@@ -273,6 +273,34 @@ def test_decorator_options_and_fn_kept() -> None:
     assert direct.parameters == get_weather.parameters
 
 
+async def test_a_tool_is_still_its_function() -> None:
+    # Calling the tool calls the function as is (the type checker sees its signature, see
+    # tests/test_tool_typing.py); validation and conversion are for the model's calls only.
+    @function_tool
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @function_tool(name="twice")
+    async def double(x: int) -> int:
+        await trio.sleep(0)
+        return 2 * x
+
+    registry = ToolRegistry()
+
+    @registry.add
+    def negate(x: int) -> int:
+        return -x
+
+    assert add(1, 2) == 3
+    assert add(a=2, b=5) == add.fn(2, 5) == 7
+    assert await double(4) == 8
+    assert double.is_async
+    assert negate(3) == -3
+    assert registry["negate"] is negate
+    with pytest.raises(TypeError):
+        add(1)  # type: ignore[call-arg]
+
+
 def test_partials_work() -> None:
     def forecast(city: str, unit: str, days: int = 1) -> str:
         """Forecast for a city."""
