@@ -14,11 +14,11 @@ those that have one obvious JSON form and one obvious way back — scalars, ``No
 (attrs classes and TypedDicts, recursively). Anything else (a bare class, ``*args``, a missing
 annotation, a recursive type) is a ``TypeError`` when the tool is made, naming the parameter,
 because a schema the model cannot satisfy — or one we would silently widen — fails far from its
-cause, in the middle of a conversation. Descriptions come from ``Annotated[X, "text"]`` or
-:class:`Param` (which also adds bounds), else from the docstring (a record's from its own
-``Attributes:``). A parameter with a default is optional, and the default is shown to the model
-when it has a JSON form. The parameters become one object schema with
-``additionalProperties: false``.
+cause, in the middle of a conversation. Descriptions come from ``Annotated[X, "text"]``,
+:class:`Param` (which also adds bounds) or an attrs field's ``metadata["description"]``, else
+from the docstring (a record's fields from the record's own docstring). A parameter with a
+default is optional, and the default is shown to the model when it has a JSON form. The
+parameters become one object schema with ``additionalProperties: false``.
 
 **Conversion.** The compiled ``prepare`` validates a call's arguments against the whole schema
 first and converts only validated data, so converters are simple: enum members are looked up by
