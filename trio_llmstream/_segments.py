@@ -127,14 +127,14 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar, final
 
 import attrs
 import trio
 
 from ._exceptions import SegmentError
 from ._models import ChatChunk, StreamStatus
-from ._util import open_owner_nursery
+from ._util import NoPublicConstructor, open_owner_nursery
 
 __all__ = [
     "Segment",
@@ -497,30 +497,27 @@ class _SegmentState:
         )
 
 
-_PRIVATE = object()
-
-
 # -- the turn ----------------------------------------------------------------------------------
 
 
-class Turn(Generic[T]):
+@final
+class Turn(Generic[T], metaclass=NoPublicConstructor):
     """One consumer-facing turn made of segments: an async iterator of ``TurnItem``.
 
     Only ``open_turn`` makes one; it lives inside that block. One task iterates it. See the
     module docstring for the markers, hooks, acks and interruption.
     """
 
+    _made_by = "open_turn()"
+
     def __init__(
         self,
         *,
-        _token: object,
         segments: Sequence[_SegmentState],
         lookahead: int,
         lookahead_items: int,
         handler_nursery: trio.Nursery | None,
     ) -> None:
-        if _token is not _PRIVATE:
-            raise TypeError("Turn has no public constructor; use open_turn()")
         self._segments = tuple(segments)
         self._by_id = {s.id: s for s in self._segments}
         self._lookahead = lookahead
@@ -895,8 +892,7 @@ async def open_turn(
         raise ValueError("lookahead must be >= 0")
     if lookahead_items < 0:
         raise ValueError("lookahead_items must be >= 0")
-    turn: Turn[T] = Turn(
-        _token=_PRIVATE,
+    turn = Turn[T]._create(
         segments=_states(segments),
         lookahead=lookahead,
         lookahead_items=lookahead_items,

@@ -5,14 +5,33 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import trio
 
 if TYPE_CHECKING:
     from hypercorn.config import Config
 
-__all__ = ["hypercorn_config", "open_owner_nursery"]
+__all__ = ["NoPublicConstructor", "hypercorn_config", "open_owner_nursery"]
+
+_T = TypeVar("_T")
+
+
+class NoPublicConstructor(type):
+    """Metaclass of the classes whose instances only an ``open_*`` function makes.
+
+    A live stream or turn is only valid inside the block that owns its tasks, so calling the
+    class is a ``TypeError`` naming the function to use (the class's ``_made_by``); the library
+    builds instances with ``Cls._create(...)``. Combine with ``typing.final``: a subclass could
+    not be built either.
+    """
+
+    def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
+        made_by = getattr(cls, "_made_by", "the library's open_* functions")
+        raise TypeError(f"{cls.__qualname__} has no public constructor; use {made_by}")
+
+    def _create(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
 
 
 @asynccontextmanager

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import attrs
 import trio
 
+from .._core._backoff import jittered_backoff
 from ._entry import JournalEntry
 from ._errors import (
     EntriesExpired,
@@ -331,7 +332,7 @@ class Follower:
     async def _retrying(self, op: Callable[[], Awaitable[None]]) -> None:
         # Backend outages: exponential backoff with jitter, for at most unavailable_after s.
         failing_since: float | None = None
-        delay = 0.05
+        failures = 0
         while True:
             try:
                 await op()
@@ -343,6 +344,6 @@ class Follower:
                 elif now - failing_since >= self._unavailable_after:
                     raise
                 left = failing_since + self._unavailable_after - now
-                await trio.sleep(min(left, delay * (0.5 + self._rng.random() / 2)))
-                delay = min(delay * 2, 1.0)
+                await trio.sleep(min(left, jittered_backoff(0.05, 1.0, failures, self._rng)))
+                failures += 1
 

@@ -56,6 +56,7 @@ from typing import Any
 import attrs
 import trio
 
+from .._core._backoff import jittered_backoff
 from .._exceptions import LLMStreamError, StreamInterrupted, StreamTruncatedError
 from .._models import ChatChunk, StreamStatus
 from .._stream import LLMStream
@@ -455,7 +456,7 @@ class _Recorder:
     async def _write(self, batch: list[JournalEntry]) -> None:
         opts = self.options
         failing_since: float | None = None
-        delay = opts.retry_initial
+        failures = 0
         while True:
             try:
                 await self.journal.append(self.run_id, batch)
@@ -474,8 +475,10 @@ class _Recorder:
                     ) from exc
                 logger.warning("run %s: write of %d entries failed (%s); retrying",
                                self.run_id, len(batch), exc)
-                await trio.sleep(delay * (0.5 + self.rng.random() / 2))
-                delay = min(delay * 2, opts.retry_max)
+                await trio.sleep(
+                    jittered_backoff(opts.retry_initial, opts.retry_max, failures, self.rng)
+                )
+                failures += 1
                 continue
             self.flushes += 1
             self.last_activity = trio.current_time()
