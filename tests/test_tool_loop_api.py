@@ -80,6 +80,11 @@ def test_open_tool_loop_takes_every_keyword_of_open_llm_stream() -> None:
         assert loop[name].annotation == param.annotation, name
 
 
+def test_a_tool_loop_comes_only_from_open_tool_loop() -> None:
+    with pytest.raises(TypeError, match=r"ToolLoop has no public constructor; use open_tool_l"):
+        trio_llmstream.ToolLoop()
+
+
 def test_open_tool_loop_accepts_no_arbitrary_keywords() -> None:
     params = inspect.signature(open_tool_loop).parameters.values()
     assert all(p.kind is not p.VAR_KEYWORD for p in params)

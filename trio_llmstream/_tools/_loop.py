@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Literal, final
 
 import attrs
 import trio
@@ -35,7 +35,7 @@ from .._llm import LLM, MetricsCallback
 from .._models import ChatChunk, ChatContext, CollectedResponse, LLMMetrics, ToolChoice
 from .._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from .._stream import DEFAULT_BUFFER_SIZE, LLMStream, open_llm_stream
-from .._util import open_owner_nursery
+from .._util import NoPublicConstructor, open_owner_nursery
 from ._execute import DEFAULT_TOOL_OPTIONS, ToolCallHandle, ToolOptions, ToolOutcome
 from ._function import FunctionTool, as_function_tool
 
@@ -62,12 +62,14 @@ class StepEnd:
 ToolLoopEvent = ChatChunk | ToolOutcome | StepEnd
 
 
-class ToolLoop:
-    """The running loop: iterate it for events. See :func:`open_tool_loop`."""
+@final
+class ToolLoop(metaclass=NoPublicConstructor):
+    """The running loop: iterate it for events. Only :func:`open_tool_loop` makes one; it lives
+    inside that block."""
 
-    def __init__(self, _token: object) -> None:
-        if _token is not _PRIVATE:
-            raise TypeError("ToolLoop has no public constructor; use open_tool_loop()")
+    _made_by = "open_tool_loop()"
+
+    def __init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel[ToolLoopEvent](0)
         self._error: BaseException | None = None
         self._error_raised = False
@@ -96,9 +98,6 @@ class ToolLoop:
     @property
     def error(self) -> BaseException | None:
         return self._error
-
-
-_PRIVATE = object()
 
 
 async def _run_steps(
@@ -244,7 +243,7 @@ async def open_tool_loop(
             rng=rng,
         )
 
-    loop = ToolLoop(_PRIVATE)
+    loop = ToolLoop._create()
     async with open_owner_nursery(lambda _: nursery.cancel_scope.cancel()) as nursery:
         nursery.start_soon(_run_steps, loop, open_step, chat_ctx, tool_options, max_steps)
         yield loop
