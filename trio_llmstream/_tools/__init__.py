@@ -15,6 +15,7 @@ from ``trio_llmstream``), so importing one module never imports the others it do
 - ``_loop``: ``open_tool_loop``, which streams, runs the calls and sends the results back.
 
 Layers: ``_docstrings`` and ``_validate`` depend on nothing here; ``_schema`` on both;
-``_function`` on ``_schema``; ``_execute`` on ``_function``; the runtime (``_stream``) on
-``_function`` and ``_execute``; ``_loop``, alone above the runtime, on ``_stream``.
+``_function`` on ``_schema`` and ``_docstrings``; ``_execute`` on ``_function``; the runtime
+(``_stream``) on ``_function`` and ``_execute``; ``_loop``, alone above the runtime, on
+``_stream``, ``_execute`` and ``_function``.
 """
