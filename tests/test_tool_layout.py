@@ -96,3 +96,32 @@ def test_public_tool_names_come_from_the_package() -> None:
     }
     for name in names:
         assert getattr(trio_llmstream, name).__module__.startswith("trio_llmstream._tools."), name
+
+
+#: What each module of the package may import from the package (siblings as ``_name``, the
+#: rest of trio_llmstream as ``.._name``): the layers of the package map, checked.
+ALLOWED_IMPORTS = {
+    "_docstrings": set(),
+    "_validate": set(),
+    "_schema": {"_docstrings", "_validate"},
+    "_function": {"_docstrings", "_schema", ".._models"},
+    "_execute": {"_function", ".._models"},
+    "_loop": {"_execute", "_function", ".._llm", ".._models", ".._options", ".._stream",
+              ".._util"},
+}
+
+
+def package_imports(path: pathlib.Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            prefix = "" if node.level == 1 else "." * node.level
+            found.add(prefix + (node.module or ""))
+    return found
+
+
+def test_each_module_imports_only_what_its_layer_allows() -> None:
+    assert set(ALLOWED_IMPORTS) == {p.stem for p in modules()}
+    for path in modules():
+        extra = package_imports(path) - ALLOWED_IMPORTS[path.stem]
+        assert not extra, f"{path.name} imports {sorted(extra)}"
