@@ -254,7 +254,8 @@ def test_success_span_attributes_and_child_attempt(otel: Otel) -> None:
     assert stream.status.status_code is StatusCode.UNSET
     assert stream.instrumentation_scope is not None
     assert stream.instrumentation_scope.name == "trio_llmstream"
-    assert stream.end_time is not None and stream.start_time is not None
+    assert stream.end_time is not None
+    assert stream.start_time is not None
     assert stream.end_time - stream.start_time == ns(2.0)
     assert base_attributes(stream) == {
         "gen_ai.operation.name": "chat",
@@ -284,9 +285,11 @@ def test_success_span_attributes_and_child_attempt(otel: Otel) -> None:
 
     attempt = otel.span("attempt gpt-4o")
     assert attempt.kind is SpanKind.CLIENT
-    assert attempt.parent is not None and stream.context is not None
+    assert attempt.parent is not None
+    assert stream.context is not None
     assert attempt.parent.span_id == stream.context.span_id
-    assert attempt.context is not None and attempt.context.trace_id == stream.context.trace_id
+    assert attempt.context is not None
+    assert attempt.context.trace_id == stream.context.trace_id
     assert attempt.start_time == stream.start_time
     assert attempt.end_time == stream.start_time + ns(1.5)
     attributes = base_attributes(attempt)
@@ -329,7 +332,8 @@ def test_success_metrics_data_points(otel: Otel) -> None:
         (p.attributes or {})["gen_ai.token.type"]: p for p in points["gen_ai.client.token.usage"]
     }
     assert set(tokens) == {"input", "output"}
-    assert tokens["input"].sum == 120 and tokens["output"].sum == 30
+    assert tokens["input"].sum == 120
+    assert tokens["output"].sum == 30
     assert tuple(tokens["input"].explicit_bounds) == TOKEN_BUCKETS
     assert {k: v for k, v in (tokens["input"].attributes or {}).items()
             if k != "gen_ai.token.type"} == common
@@ -339,7 +343,8 @@ def test_success_metrics_data_points(otel: Otel) -> None:
     assert tuple(ttfc.explicit_bounds) == DURATION_BUCKETS
     assert dict(ttfc.attributes or {}) == common
     [tpoc] = points["gen_ai.client.operation.time_per_output_chunk"]
-    assert tpoc.count == 1 and tpoc.sum == pytest.approx(1.2 / 30)
+    assert tpoc.count == 1
+    assert tpoc.sum == pytest.approx(1.2 / 30)
     assert tuple(tpoc.explicit_bounds) == DURATION_BUCKETS
 
 
@@ -394,10 +399,12 @@ def test_retry_then_success(otel: Otel) -> None:
     assert base_attributes(first)["trio_llmstream.error.retryable"] is True
     assert base_attributes(first)["trio_llmstream.attempt.backoff"] == 0.5
     assert second.status.status_code is StatusCode.UNSET
-    assert first.end_time is not None and second.start_time is not None
+    assert first.end_time is not None
+    assert second.start_time is not None
     assert second.start_time - first.end_time == ns(0.5)  # the backoff is the gap
     for span in attempts:
-        assert span.parent is not None and stream.context is not None
+        assert span.parent is not None
+        assert stream.context is not None
         assert span.parent.span_id == stream.context.span_id
 
     [duration] = otel.points()["gen_ai.client.operation.duration"]
@@ -516,14 +523,14 @@ def test_activate_makes_the_stream_span_current(otel: Otel) -> None:
     telemetry = otel.open(CompatLLM())
     tracer = otel.tracer_provider.get_tracer("httpx-instrumentation")
     before = trace.get_current_span()
-    with telemetry.activate():
-        with tracer.start_as_current_span("POST"):
-            pass
+    with telemetry.activate(), tracer.start_as_current_span("POST"):
+        pass
     assert trace.get_current_span() is before
     telemetry.finished(make_metrics([]))
     stream = otel.span("chat gpt-4o")
     post = otel.span("POST")
-    assert post.parent is not None and stream.context is not None
+    assert post.parent is not None
+    assert stream.context is not None
     assert post.parent.span_id == stream.context.span_id
 
 
@@ -551,9 +558,8 @@ def test_tool_spans_outcomes_and_duration_metric(otel: Otel) -> None:
     }
     for seconds, kind in enumerate(ToolOutcomeKind, start=1):
         tool = telemetry.tool_started(calls[kind], description="Current weather")
-        with tool:
-            with tracer.start_as_current_span(f"inside {kind.value}"):
-                otel.clock.advance(seconds)
+        with tool, tracer.start_as_current_span(f"inside {kind.value}"):
+            otel.clock.advance(seconds)
         tool.finished(outcomes[kind])
         tool.finished(outcomes[kind])  # a second outcome is ignored
     telemetry.finished(make_metrics([]))
@@ -565,9 +571,11 @@ def test_tool_spans_outcomes_and_duration_metric(otel: Otel) -> None:
     for seconds, kind in enumerate(ToolOutcomeKind, start=1):
         span = by_id[f"call_{kind.value}"]
         assert span.kind is SpanKind.INTERNAL
-        assert span.parent is not None and stream.context is not None
+        assert span.parent is not None
+        assert stream.context is not None
         assert span.parent.span_id == stream.context.span_id
-        assert span.end_time is not None and span.start_time is not None
+        assert span.end_time is not None
+        assert span.start_time is not None
         assert span.end_time - span.start_time == ns(seconds)
         attributes = base_attributes(span)
         assert attributes["gen_ai.operation.name"] == "execute_tool"
@@ -578,7 +586,8 @@ def test_tool_spans_outcomes_and_duration_metric(otel: Otel) -> None:
         assert "gen_ai.tool.call.arguments" not in attributes
         assert "gen_ai.tool.call.result" not in attributes
         inner = otel.span(f"inside {kind.value}")
-        assert inner.parent is not None and span.context is not None
+        assert inner.parent is not None
+        assert span.context is not None
         assert inner.parent.span_id == span.context.span_id
     assert by_id["call_result"].status.status_code is StatusCode.UNSET
     assert "error.type" not in base_attributes(by_id["call_result"])
@@ -593,8 +602,10 @@ def test_tool_spans_outcomes_and_duration_metric(otel: Otel) -> None:
     points = otel.points()["gen_ai.execute_tool.duration"]
     by_error = {(p.attributes or {}).get("error.type"): p for p in points}
     assert set(by_error) == {None, "KeyError", "timeout", "cancelled"}
-    assert by_error[None].sum == 1 and by_error["KeyError"].sum == 2
-    assert by_error["timeout"].sum == 3 and by_error["cancelled"].sum == 4
+    assert by_error[None].sum == 1
+    assert by_error["KeyError"].sum == 2
+    assert by_error["timeout"].sum == 3
+    assert by_error["cancelled"].sum == 4
     for point in points:
         assert (point.attributes or {})["gen_ai.tool.name"] == "get_weather"
         assert tuple(point.explicit_bounds) == DURATION_BUCKETS
@@ -835,7 +846,10 @@ def test_content_capture_off_settings(monkeypatch: pytest.MonkeyPatch, setting: 
 
 def test_secrets_and_scrub() -> None:
     class Declares:
-        _headers = {"x-api-key": "ant-key-0123456789", "Authorization": "Basic dXNlcjpwYXNz"}
+        def __init__(self) -> None:
+            self._headers = {
+                "x-api-key": "ant-key-0123456789", "Authorization": "Basic dXNlcjpwYXNz"
+            }
 
         def otel_secrets(self) -> list[str]:
             return ["declared-secret-value", "short"]
@@ -1001,13 +1015,16 @@ def test_any_attempt_sequence_gives_a_consistent_tree(
     attempts = sorted((s for s in spans if s.name == "attempt gpt-4o"),
                       key=lambda s: s.start_time or 0)
     assert len(spans) == 1 + len(records) == 1 + len(attempts)
-    assert stream.start_time is not None and stream.end_time is not None
+    assert stream.start_time is not None
+    assert stream.end_time is not None
     previous_end = stream.start_time
     for span, record in zip(attempts, records, strict=True):
-        assert span.parent is not None and stream.context is not None
+        assert span.parent is not None
+        assert stream.context is not None
         assert span.parent.span_id == stream.context.span_id
         assert base_attributes(span)["trio_llmstream.attempt.number"] == record.attempt
-        assert span.start_time is not None and span.end_time is not None
+        assert span.start_time is not None
+        assert span.end_time is not None
         # In order, not overlapping, inside the stream, separated by the backoffs.
         assert previous_end <= span.start_time <= span.end_time <= stream.end_time
         assert (span.status.status_code is StatusCode.ERROR) == (record.error is not None)

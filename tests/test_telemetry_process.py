@@ -94,7 +94,8 @@ def test_without_opentelemetry_every_hook_is_a_noop() -> None:
         OTEL_PYTHON_TRACER_PROVIDER="sdk_tracer_provider",
     )
     assert out.count("\n") == 1
-    assert "trio_llmstream[otel]" in out and "opentelemetry-sdk" in out
+    assert "trio_llmstream[otel]" in out
+    assert "opentelemetry-sdk" in out
 
 
 def test_not_imported_until_the_application_imports_it() -> None:
