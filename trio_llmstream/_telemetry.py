@@ -55,7 +55,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -82,6 +84,7 @@ __all__ = [
     "describe_llm",
     "install_console_exporters",
     "open_stream_telemetry",
+    "use_providers",
 ]
 
 logger = logging.getLogger("trio_llmstream")
@@ -1012,6 +1015,26 @@ class _RecordingToolTelemetry(ToolTelemetry):
             stream._ins.tool_duration.record(max(0.0, end - self._started_at), metric_attributes)
 
 
+_providers_override: ContextVar[tuple[TracerProvider | None, MeterProvider | None] | None] = (
+    ContextVar("trio_llmstream_otel_providers", default=None)
+)
+
+
+@contextmanager
+def use_providers(
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+) -> Iterator[None]:
+    """Streams opened inside this block (in this task, and tasks it starts) use these
+    providers instead of the global ones. For tests: the global providers can be set only
+    once per process."""
+    token = _providers_override.set((tracer_provider, meter_provider))
+    try:
+        yield
+    finally:
+        _providers_override.reset(token)
+
+
 def open_stream_telemetry(
     llm: object,
     request: ChatRequest,
@@ -1028,9 +1051,14 @@ def open_stream_telemetry(
     """
     try:
         if tracer_provider is None and meter_provider is None:
+            override = _providers_override.get()
+            if override is not None:
+                tracer_provider, meter_provider = override
+        if tracer_provider is None and meter_provider is None:
             otel = _load_otel()
-        else:
-            otel = _otel or _Otel()
+        else:  # explicit providers: the application has the API in hand
+            global _otel
+            otel = _otel = _otel or _Otel()
         if otel is None:
             return NOOP
         instruments = otel.instruments(tracer_provider, meter_provider)
