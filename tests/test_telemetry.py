@@ -865,7 +865,11 @@ def test_secrets_and_scrub() -> None:
 # -- robustness and the no-op -------------------------------------------------------------------
 
 
-def test_hooks_never_raise(otel: Otel, caplog: pytest.LogCaptureFixture) -> None:
+def test_hooks_never_raise(
+    otel: Otel, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_telemetry, "_reported", set())
+
     class Hostile:
         model = "m"
 
@@ -887,6 +891,40 @@ def test_hooks_never_raise(otel: Otel, caplog: pytest.LogCaptureFixture) -> None
     bad_outcome: Any = object()
     tool.finished(bad_outcome)
     assert "a tool call's finished failed" in caplog.text
+    # Once per hook: a broken set-up does not log a traceback per stream.
+    errors = len([r for r in caplog.records if r.levelname == "ERROR"])
+    again = otel.open(CompatLLM())
+    again.attempt_finished(bad_record)
+    again.finished(bad_metrics)
+    assert otel.open(Hostile()) is NOOP
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == errors
+
+
+def test_use_providers_scopes_streams_to_given_providers(otel: Otel) -> None:
+    with _telemetry.use_providers(otel.tracer_provider, otel.meter_provider):
+        inside = open_stream_telemetry(CompatLLM(), make_request(), clock=otel.clock)
+    outside = open_stream_telemetry(CompatLLM(), make_request(), clock=otel.clock)
+    assert inside.enabled
+    assert outside is NOOP  # no global provider in this process
+    inside.finished(make_metrics([]))
+    assert [s.name for s in otel.finished()] == ["chat gpt-4o"]
+
+
+def test_safe_summaries_use_typed_fields_only() -> None:
+    from trio_llmstream._exceptions import ProviderError
+
+    secret_text = "the user's prompt, echoed"
+    cases = [
+        (ProviderError(secret_text, type="overloaded_error", code=529),
+         "ProviderError: type=overloaded_error, code=529"),
+        (APIStatusError(secret_text, status_code=422), "APIStatusError: HTTP 422"),
+        (APITimeoutError("idle", 2.5), "APITimeoutError: idle timeout after 2.5s"),
+        (RuntimeError(secret_text), "RuntimeError"),
+        (StreamInterrupted(CollectedResponse(text=secret_text), RuntimeError(secret_text)),
+         "StreamInterrupted: RuntimeError"),
+    ]
+    for error, expected in cases:
+        assert _telemetry._safe_summary(error) == expected
 
 
 def test_noop_hooks() -> None:

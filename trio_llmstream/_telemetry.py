@@ -516,6 +516,19 @@ def _load_otel() -> _Otel | None:
 
 # -- the hooks ----------------------------------------------------------------------------------
 
+_reported: set[str] = set()
+
+
+def _failed(what: str) -> None:
+    """A hook failed: log it with its traceback once per hook, then quietly (a broken
+    exporter or an old API would otherwise log on every stream). Never raises."""
+    if what in _reported:
+        logger.debug("telemetry: %s failed again; ignored", what, exc_info=True)
+    else:
+        _reported.add(what)
+        logger.exception("telemetry: %s failed; ignored (logged once)", what)
+
+
 
 class ToolTelemetry:
     """One tool call's span. A context manager: inside it the span is the current span (the
@@ -728,7 +741,7 @@ class _RecordingStreamTelemetry(StreamTelemetry):
         try:
             self._attempt_finished(record, provider)
         except Exception:
-            logger.exception("telemetry: attempt_finished failed; ignored")
+            _failed("attempt_finished")
 
     def _attempt_finished(self, record: AttemptMetrics, provider: object | None) -> None:
         if self._span is None or self._ended:
@@ -785,7 +798,7 @@ class _RecordingStreamTelemetry(StreamTelemetry):
         try:
             return _RecordingToolTelemetry(self, call, description)
         except Exception:
-            logger.exception("telemetry: tool_started failed; ignored")
+            _failed("tool_started")
             return _NOOP_TOOL
 
     def finished(
@@ -804,7 +817,7 @@ class _RecordingStreamTelemetry(StreamTelemetry):
                 response,
             )
         except Exception:
-            logger.exception("telemetry: finished failed; ignored")
+            _failed("finished")
 
     def _finished(
         self,
@@ -950,7 +963,7 @@ class _RecordingToolTelemetry(ToolTelemetry):
         try:
             self._activation.__enter__()
         except Exception:
-            logger.exception("telemetry: tool span activation failed; ignored")
+            _failed("tool span activation")
         return self
 
     def __exit__(
@@ -962,13 +975,13 @@ class _RecordingToolTelemetry(ToolTelemetry):
         try:
             self._activation.__exit__(exc_type, exc, tb)
         except Exception:
-            logger.exception("telemetry: tool span deactivation failed; ignored")
+            _failed("tool span deactivation")
 
     def finished(self, outcome: ToolOutcome | None) -> None:
         try:
             self._finished(outcome)
         except Exception:
-            logger.exception("telemetry: a tool call's finished failed; ignored")
+            _failed("a tool call's finished")
 
     def _finished(self, outcome: ToolOutcome | None) -> None:
         if self._done:
@@ -1068,7 +1081,7 @@ def open_stream_telemetry(
             instruments, llm, request, clock or trio.current_time
         )
     except Exception:
-        logger.exception("telemetry: opening a stream's telemetry failed; ignored")
+        _failed("opening a stream's telemetry")
         return NOOP
 
 
