@@ -27,7 +27,17 @@ can only have been installed by code that imported ``opentelemetry.trace`` or
 ``opentelemetry.metrics`` (or by the ``OTEL_PYTHON_*_PROVIDER`` variables), so until one of
 those happened every stream gets the shared no-op object and the import costs nothing — also
 when the ``otel`` extra is absent. With the API imported but no SDK provider set, streams get
-the no-op object too (one ``isinstance`` check per stream).
+the no-op object too (a look at the API's globals: about 1 µs per stream, against 0.5 µs
+without it). With an SDK, the SDK's own span and histogram work is the cost, once per stream.
+A failing hook never breaks a stream: it is logged (with its traceback once per hook) and
+ignored.
+
+Chunk metrics. ``time_to_first_chunk`` is the stream's ``ttft``: from the stream's start to
+the first *visible* chunk the consumer received (the commit point), across retries — the
+latency a user perceives; role-only and keep-alive chunks do not count. The convention records
+``time_per_output_chunk`` once per chunk; doing that would put telemetry on the per-chunk path,
+so it is recorded once per stream with the stream's mean (the time from the first visible
+chunk to the last, over the chunks after the first): a histogram of per-stream means.
 
 Time. Span times come from the runtime's clock (``trio.current_time`` by default), anchored to
 the wall clock once per stream, so a span's duration is exactly the duration the runtime
