@@ -180,9 +180,11 @@ def test_console_exporters_for_chat_otel() -> None:
         assert shutdown is not None
         assert trio.run(drive).enabled
         shutdown()
+        shutdown()  # idempotent: the metrics are printed once
         """
     )
     assert '"name": "chat gpt-4o"' in out
     assert '"name": "execute_tool get_weather"' in out
     assert "gen_ai.client.operation.duration" in out
     assert "gen_ai.client.token.usage" in out
+    assert out.count('"name": "gen_ai.client.operation.duration"') == 1

@@ -1134,9 +1134,15 @@ def install_console_exporters(out: Any = None) -> Callable[[], None] | None:
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
 
+    done = False
+
     def shutdown() -> None:
         # Metrics are printed once, here (the hour-long interval never elapses in a chat).
-        tracer_provider.shutdown()
-        meter_provider.shutdown()
+        # Idempotent; without it, the SDK's own exit handler does the same.
+        nonlocal done
+        if not done:
+            done = True
+            tracer_provider.shutdown()
+            meter_provider.shutdown()
 
     return shutdown
