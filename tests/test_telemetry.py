@@ -1078,3 +1078,84 @@ def test_any_attempt_sequence_gives_a_consistent_tree(
     assert KEY not in otel.everything()
     otel.tracer_provider.shutdown()
     otel.meter_provider.shutdown()
+
+
+# -- the relay ----------------------------------------------------------------------------------
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+def test_relay_run_span_joins_the_callers_trace(otel: Otel) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01".encode()),
+        (b"tracestate", b"vendor=value"),
+    ]
+    with _telemetry.use_providers(otel.tracer_provider, otel.meter_provider):
+        with _telemetry.relay_span("relay run", run_id="run-1", headers=headers) as run:
+            telemetry = open_stream_telemetry(CompatLLM(), make_request(), clock=otel.clock)
+            run.set_attribute("trio_llmstream.run.events", 3)
+        telemetry.finished(make_metrics([]))
+    span = otel.span("relay run")
+    assert span.kind is SpanKind.INTERNAL
+    assert span.context is not None
+    assert format(span.context.trace_id, "032x") == TRACE_ID
+    assert span.parent is not None
+    assert format(span.parent.span_id, "016x") == PARENT_ID
+    assert span.parent.is_remote
+    assert span.context.trace_state.get("vendor") == "value"
+    assert base_attributes(span) == {
+        "trio_llmstream.run.id": "run-1", "trio_llmstream.run.events": 3
+    }
+    assert span.status.status_code is StatusCode.UNSET
+    stream = otel.span("chat gpt-4o")
+    assert stream.parent is not None
+    assert stream.parent.span_id == span.context.span_id  # the run's stream is its child
+
+
+@pytest.mark.parametrize("traceparent", [b"garbage", b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01",
+                                         b"00-xyz", b"x" * 600])
+def test_relay_span_ignores_a_malformed_traceparent(otel: Otel, traceparent: bytes) -> None:
+    with _telemetry.use_providers(otel.tracer_provider), _telemetry.relay_span(
+        "relay run", run_id="r", headers=[(b"traceparent", traceparent)]
+    ):
+        pass
+    span = otel.span("relay run")
+    assert span.parent is None  # a new trace, not a broken one
+
+
+def test_relay_follow_span_records_cancellation_and_errors(otel: Otel) -> None:
+    import trio
+
+    async def follow(fail: BaseException | None) -> None:
+        with _telemetry.relay_span("relay follow", run_id="r", server=True):
+            if fail is not None:
+                raise fail
+            await trio.sleep_forever()
+
+    async def main() -> None:
+        with trio.move_on_after(0.01):
+            await follow(None)
+        with pytest.raises(ValueError, match="bad"):
+            await follow(ValueError(f"bad {KEY}"))
+
+    with _telemetry.use_providers(otel.tracer_provider):
+        trio.run(main)
+    cancelled, failed = sorted(
+        (s for s in otel.finished() if s.name == "relay follow"), key=lambda s: s.start_time or 0
+    )
+    assert cancelled.kind is SpanKind.SERVER
+    assert cancelled.status.status_code is StatusCode.UNSET
+    assert base_attributes(cancelled)["error.type"] == "cancelled"
+    assert failed.status.status_code is StatusCode.ERROR
+    assert base_attributes(failed)["error.type"] == "ValueError"
+    assert failed.status.description == "ValueError"
+    assert KEY not in otel.everything()
+
+
+def test_relay_span_noop_without_providers() -> None:
+    span = _telemetry.relay_span("relay run", run_id="r", headers=[(b"traceparent", b"x")])
+    assert span is _telemetry._NOOP_RELAY
+    with span as entered:
+        entered.set_attribute("k", 1)

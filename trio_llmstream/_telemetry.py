@@ -89,11 +89,13 @@ __all__ = [
     "CAPTURE_CONTENT_ENV",
     "INSTRUMENTATION_SCOPE",
     "ProviderInfo",
+    "RelaySpan",
     "StreamTelemetry",
     "ToolTelemetry",
     "describe_llm",
     "install_console_exporters",
     "open_stream_telemetry",
+    "relay_span",
     "use_providers",
 ]
 
@@ -1093,6 +1095,150 @@ def open_stream_telemetry(
     except Exception:
         _failed("opening a stream's telemetry")
         return NOOP
+
+
+# -- the relay: a span per run and per follower connection ----------------------------------------
+
+
+class RelaySpan:
+    """A span around a relay run or a follower connection; see :func:`relay_span`.
+
+    A context manager: inside it the span is current, so the streams a run opens are its
+    children. This base class is the no-op.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> RelaySpan:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def set_attribute(self, key: str, value: str | int | float | bool) -> None:
+        """Add an attribute (a count of events sent, say) before the span ends."""
+
+
+_NOOP_RELAY: Final = RelaySpan()
+
+
+class _RecordingRelaySpan(RelaySpan):
+    __slots__ = ("_activation", "_otel", "_span")
+
+    def __init__(self, otel: _Otel, span: Span, context: Context) -> None:
+        self._otel = otel
+        self._span = span
+        self._activation = _Activation(otel, context)
+
+    def __enter__(self) -> RelaySpan:
+        try:
+            self._activation.__enter__()
+        except Exception:
+            _failed("relay span activation")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._activation.__exit__(exc_type, exc, tb)
+            otel = self._otel
+            if exc is not None:
+                if isinstance(exc, trio.Cancelled) or _only_cancelled(exc):
+                    self._span.set_attribute("error.type", "cancelled")
+                else:
+                    self._span.set_attribute("error.type", error_type(exc))
+                    self._span.set_status(otel.Status(otel.StatusCode.ERROR, _safe_summary(exc)))
+            self._span.end()
+        except Exception:
+            _failed("relay span end")
+
+    def set_attribute(self, key: str, value: str | int | float | bool) -> None:
+        try:
+            self._span.set_attribute(key, value)
+        except Exception:
+            _failed("relay span attribute")
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
+class _AsgiHeaders:
+    """The W3C propagator's getter over ASGI headers (lower-case byte pairs)."""
+
+    def __init__(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self._values: dict[str, list[str]] = {}
+        for name, value in headers:
+            key = name.decode("latin-1").lower()
+            if key in ("traceparent", "tracestate"):
+                self._values.setdefault(key, []).append(value.decode("latin-1"))
+
+    def get(self, carrier: object, key: str) -> list[str] | None:
+        return self._values.get(key.lower())
+
+    def keys(self, carrier: object) -> list[str]:
+        return list(self._values)
+
+
+def relay_span(
+    name: str,
+    *,
+    run_id: str,
+    headers: Iterable[tuple[bytes, bytes]] | None = None,
+    server: bool = False,
+) -> RelaySpan:
+    """A span for the relay: ``relay run`` (INTERNAL, around a run's task) or ``relay follow``
+    (``server=True``: SERVER, around one follower connection), with ``trio_llmstream.run.id``.
+
+    With ``headers`` (the ASGI request's), a W3C ``traceparent``/``tracestate`` makes the span
+    a child of the caller's span, in the caller's trace; a malformed one is ignored. Without,
+    the current span is the parent. Leaving with an exception records it (cancellation:
+    ``error.type = "cancelled"``, status unset). The shared no-op when nothing records.
+    Never raises.
+    """
+    try:
+        override = _providers_override.get()
+        if override is not None and override[0] is not None:
+            otel: _Otel | None = _otel or _Otel()
+        else:
+            otel = _load_otel()
+        if otel is None:
+            return _NOOP_RELAY
+        instruments = otel.instruments(override[0] if override else None, None)
+        if instruments is None or not instruments.traced:
+            return _NOOP_RELAY
+        parent = otel.context.get_current()
+        if headers is not None:
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+
+            getter = _AsgiHeaders(headers)
+            if getter.get(None, "traceparent"):
+                parent = TraceContextTextMapPropagator().extract(
+                    None, context=otel.context.Context(), getter=getter  # type: ignore[arg-type]
+                )
+        span = instruments.tracer.start_span(
+            name,
+            context=parent,
+            kind=otel.SpanKind.SERVER if server else otel.SpanKind.INTERNAL,
+            attributes={"trio_llmstream.run.id": run_id},
+        )
+        return _RecordingRelaySpan(otel, span, otel.trace.set_span_in_context(span, parent))
+    except Exception:
+        _failed("relay_span")
+        return _NOOP_RELAY
 
 
 # -- console set-up for ``chat --otel`` ---------------------------------------------------------
