@@ -269,33 +269,38 @@ class _Inflater:
     ``zlib``'s ``max_length`` stops inflating when a window is full and keeps the rest of the
     input as ``unconsumed_tail``; the next window is produced only when the caller asks for it,
     after it has parsed the previous one. Trailing bytes after the end of the compressed data
-    are ignored, as httpx does. ``deflate`` is tried zlib-wrapped first, then raw (servers
-    disagree on what the name means).
+    are ignored, as httpx does. ``deflate`` is zlib-wrapped by the standard and raw by some
+    servers: the first two bytes tell which (a zlib header is a multiple of 31 with method 8).
     """
 
-    __slots__ = ("_decompressor", "_raw_fallback", "_started", "encoding")
+    __slots__ = ("_decompressor", "_head", "encoding")
 
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
-        self._decompressor = zlib.decompressobj(_ZLIB_WBITS[encoding])
-        self._raw_fallback = encoding == "deflate"
-        self._started = False
+        self._head = b""
+        self._decompressor: Any = None
+        if encoding != "deflate":
+            self._decompressor = zlib.decompressobj(_ZLIB_WBITS[encoding])
 
     def windows(self, data: bytes) -> Iterator[bytes]:
         d = self._decompressor
+        if d is None:
+            head = self._head = self._head + data
+            if len(head) < 2:
+                return
+            zlib_wrapped = head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+            d = self._decompressor = zlib.decompressobj(
+                zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS
+            )
+            data, self._head = head, b""
         pending = data
         while not d.eof:
             try:
                 out = d.decompress(pending, READ_WINDOW)
             except zlib.error as exc:
-                if self._raw_fallback and not self._started:
-                    self._raw_fallback = False
-                    d = self._decompressor = zlib.decompressobj(-zlib.MAX_WBITS)
-                    continue
                 raise StreamProtocolError(
                     f"the body is not valid {self.encoding} ({exc})", retryable=False
                 ) from None
-            self._started = True
             if out:
                 yield out
             pending = d.unconsumed_tail
