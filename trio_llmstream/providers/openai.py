@@ -625,6 +625,10 @@ class OpenAILLM(LLM):
                     )
             if parser.finished:
                 break
+            # After the commit point emit.send hands chunks over without a checkpoint, and an
+            # in-process transport's reads may not have one either: a cancelled attempt (the
+            # consumer left, a time limit fired) must stop here, before its next read.
+            await trio.lowlevel.checkpoint_if_cancelled()
         else:
             await emit.send(parser.end())
         error = parser.error
