@@ -76,7 +76,9 @@ def mock_llm(transport: httpx.AsyncBaseTransport) -> OpenAILLM:
 def sse_llm(body_: CountedBody) -> OpenAILLM:
     return mock_llm(
         httpx.MockTransport(
-            lambda r: httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body_)
+            lambda r: httpx.Response(
+                200, headers={"content-type": "text/event-stream"}, stream=body_
+            )
         )
     )
 
@@ -121,7 +123,8 @@ async def test_cancellation_reads_no_further_byte() -> None:
 
 
 async def test_an_error_mid_body_reads_no_further_byte() -> None:
-    reads = [chunk("a"), b'data: {"error": {"message": "boom", "type": "invalid_request_error"}}\n\n']
+    error = b'data: {"error": {"message": "boom", "type": "invalid_request_error"}}\n\n'
+    reads = [chunk("a"), error]
     body_ = CountedBody(reads + TWO_HUNDRED)
     emit = RecordingEmitter()
     with pytest.raises(Exception, match="boom"):
@@ -215,7 +218,7 @@ async def test_headers_that_never_come_fail_at_the_headers_limit(
     llm = mock_llm(httpx.MockTransport(handler))
     options = APIConnectOptions(max_retry=0, timeouts=Timeouts(headers=5.0, idle=None))
     t0 = trio.current_time()
-    with pytest.raises(Exception) as info:  # noqa: PT011 - RetriesExhaustedError or the timeout
+    with pytest.raises(Exception) as info:  # RetriesExhaustedError or the timeout itself
         async with open_llm_stream(llm, chat_ctx=ctx(), conn_options=options) as stream:
             await stream.collect()
     error = the_timeout(info.value)
