@@ -446,17 +446,16 @@ def test_redacted_errors_never_hold_the_key(
 
 
 @given(
-    key=st.text(_KEY_ALPHABET, min_size=1, max_size=7),
-    text=st.text(max_size=40),
+    key=st.text(_KEY_ALPHABET, min_size=1, max_size=7).filter(lambda k: "bearer" not in k.lower()),
+    text=st.text(max_size=40).filter(lambda t: "bearer" not in t.lower()),
+    spacing=st.sampled_from([" ", "  ", "%20", "+", "\t"]),
 )
-def test_a_short_key_is_redacted_only_after_bearer(key: str, text: str) -> None:
+def test_a_short_key_is_redacted_only_after_bearer(key: str, text: str, spacing: str) -> None:
+    # Keys under 8 characters ("EMPTY", "ollama") are placeholders, not secrets: replacing every
+    # occurrence would make messages unreadable. Only the quoted header is redacted.
     redactor = Redactor(key)
-    assert redactor.text(f"{text} Bearer {key}") == f"{text} Bearer {REDACTED}" or (
-        # The text itself ended in "bearer"-like spacing the pattern also covers.
-        f"Bearer {key}" not in redactor.text(f"{text} Bearer {key}")
-    )
-    if "bearer" not in text.lower():
-        assert redactor.text(text) == text
+    assert redactor.text(f"{text}Bearer{spacing}{key}") == f"{text}Bearer{spacing}{REDACTED}"
+    assert redactor.text(f"{text}{key}{text}") == f"{text}{key}{text}"
 
 
 def test_no_key_changes_nothing() -> None:

@@ -570,6 +570,8 @@ class OpenAILLM(LLM):
                 response = await self._client.send(http_request, stream=True)
             if wait.cancelled_caught:
                 assert headers_limit is not None
+                # Had the attempt itself been cancelled at the same moment, that wins.
+                await trio.lowlevel.checkpoint_if_cancelled()
                 # "headers" joins TimeoutLimit with the runtime's time-limit rework.
                 raise APITimeoutError(cast(TimeoutLimit, "headers"), headers_limit)
             reads = _reads(response)
@@ -604,8 +606,11 @@ class OpenAILLM(LLM):
     ) -> None:
         parser = ChatCompletionParser()
         quiet = 0  # body bytes since the last complete data event
+        identity = decode is _identity_windows
         async for data in reads:
-            for window in decode(data):
+            # The common read (uncompressed, at most one window) skips the window generator.
+            windows = (data,) if identity and len(data) <= READ_WINDOW else decode(data)
+            for window in windows:
                 progress = parser.progress
                 chunks = parser.feed(window)
                 # Progress is a complete data event, not a byte: keep-alive comments, blank
@@ -630,7 +635,10 @@ class OpenAILLM(LLM):
             # consumer left, a time limit fired) must stop here, before its next read.
             await trio.lowlevel.checkpoint_if_cancelled()
         else:
-            await emit.send(parser.end())
+            progress = parser.progress
+            chunks = parser.end()
+            if chunks or parser.progress != progress:
+                await emit.send(chunks)
         error = parser.error
         if error is not None:
             if error.request_id is None:
