@@ -440,7 +440,10 @@ class OpenAILLM(LLM):
     """Streams chat completions from an OpenAI-compatible ``/chat/completions`` endpoint.
 
     ``api_key`` falls back to ``$OPENAI_API_KEY``; without either no Authorization header is
-    sent (local servers). The key never appears in a repr, a log line, an exception or metrics.
+    sent (local servers). The key never appears in a repr, a log line, an exception or metrics,
+    not even when the upstream echoes it back in an error body, an error event or a header
+    (see :mod:`trio_llmstream.providers._redact`; keys shorter than 8 characters, which are
+    placeholders rather than secrets, are redacted only where they follow ``Bearer``).
     A caller-supplied ``http_client`` is used as given (transport, limits, proxies) and never
     closed here; otherwise the provider owns one, closed by ``aclose()`` / ``async with``.
     ``extra_headers`` and ``extra_body`` are added to every request.
