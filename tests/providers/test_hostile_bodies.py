@@ -21,11 +21,12 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 import httpx
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_llmstream import (
     APIConnectOptions,
+    APIError,
     APIStatusError,
     ChatChunk,
     ChatContext,
@@ -492,3 +493,51 @@ async def test_a_truncated_compressed_stream_is_truncated() -> None:
     assert isinstance(error, StreamTruncatedError), error
     delivered = [c for _, chunks in emit.sends for c in chunks]
     assert 10 < len(delivered) < 100  # what was inflated before the cut was delivered
+
+
+class CountingEmitter:
+    """Counts what it is handed and keeps none of it (so only the provider's memory counts)."""
+
+    def __init__(self) -> None:
+        self.sends = 0
+        self.chunks = 0
+
+    async def send(self, chunks: Sequence[ChatChunk]) -> None:
+        self.sends += 1
+        self.chunks += len(chunks)
+
+
+@settings(max_examples=40)  # each example inflates 3 MiB under tracemalloc
+@given(
+    prefix=st.sampled_from([b"", b"data: ", b"data: {", b": ", b"event: error\ndata: "]),
+    unit=st.binary(min_size=1, max_size=12),
+    encoding=st.sampled_from(["identity", "gzip", "deflate", "raw-deflate"]),
+)
+async def test_any_repeated_body_in_any_encoding_stays_bounded_and_typed(
+    prefix: bytes, unit: bytes, encoding: str
+) -> None:
+    # 3 MiB of one short pattern repeated, after a prefix: beyond the line and event limits
+    # whatever the pattern is, so every branch of the parser's bounds is reached; sent as one
+    # read when uncompressed (an in-process transport), as 16 KiB compressed reads otherwise.
+    raw = prefix + unit * (3 * MiB // len(unit))
+    if encoding == "identity":
+        reads, headers = [raw], {"content-type": "text/event-stream"}
+    else:
+        wire = compress(raw, encoding)
+        reads = [wire[i : i + 16384] for i in range(0, len(wire), 16384)]
+        headers = {
+            "content-type": "text/event-stream",
+            "content-encoding": "deflate" if encoding == "raw-deflate" else encoding,
+        }
+    del raw
+    llm = mock_llm(
+        httpx.MockTransport(lambda r: httpx.Response(200, headers=headers, stream=_Reads(reads)))
+    )
+    emit = CountingEmitter()
+
+    async def attempt() -> None:
+        await llm.run_attempt(REQUEST, AttemptInfo(number=0, timeouts=Timeouts()), emit)
+
+    error, peak = await measure(attempt)
+    assert error is None or isinstance(error, APIError), repr(error)
+    assert peak < BOUND, f"peak growth {peak / MiB:.1f} MiB"
