@@ -1,12 +1,45 @@
 """The OpenAI-compatible chat-completions provider: a thin I/O shell over the sans-IO core.
 
-One attempt is one ``POST {base_url}/chat/completions`` with ``stream: true``. The body is read
-with ``aiter_bytes()`` (never ``aiter_lines()``, which splits on characters SSE does not treat as
-line ends) and each read goes through :class:`ChatCompletionParser` into the runtime's emitter.
-This module does three things the core cannot: it builds the request, it classifies HTTP
-statuses and headers into typed errors, and it translates httpx's exceptions into ours — at
-exactly one place, :func:`translate_httpx_error`, whose table a test checks covers every httpx
-exception class.
+One attempt is one ``POST {base_url}/chat/completions`` with ``stream: true``. This module does
+what the core cannot: it builds the request, classifies HTTP statuses and headers into typed
+errors, translates httpx's exceptions into ours — at exactly one place,
+:func:`translate_httpx_error`, whose table a test checks covers every httpx exception class —
+and reads the body with bounded memory.
+
+Reading the body. The raw bytes are read from ``response.stream`` (never ``aiter_lines()``,
+which splits on characters SSE does not treat as line ends, nor ``aiter_bytes()``, which
+inflates without bound) and fed to :class:`ChatCompletionParser` in windows of at most
+:data:`READ_WINDOW` bytes. After each window that completed a data event (the parser's
+``progress`` moved) the chunks go to ``emit.send``; windows of keep-alive comments, blank lines
+or partial lines never call it, so they never look like progress to the runtime's clocks. More
+than :data:`MAX_QUIET_BYTES` of body without a complete data event is a
+``StreamProtocolError``: no legitimate server sends megabytes of nothing.
+
+Compression. Every request says ``accept-encoding: identity``: an event stream gains little from
+compression (events are small and flushed one by one) and httpx inflates a compressed read
+without any bound (about 64 MiB of output per network read; a 0.1 MiB gzip body held hundreds of
+MiB). A server or proxy may compress anyway: ``gzip`` and ``deflate`` bodies are then inflated
+incrementally, at most :data:`READ_WINDOW` bytes at a time, each window parsed before the next is
+produced, so memory stays within the parser's line and event limits whatever the ratio. Any
+other encoding (``br``, ``zstd``...) is a ``StreamProtocolError`` naming it; error bodies are
+read under the same rules, up to :data:`MAX_ERROR_BODY` decoded bytes.
+
+Content type. A 200 must be an event stream: ``text/event-stream`` (any parameters, any case)
+or no content type at all (minimal OpenAI-compatible servers omit it). ``application/json``
+holding an error object is a ``ProviderError``; any other type (a proxy's HTML page, plain
+text) is a ``StreamProtocolError`` naming the type and quoting the start of the body. Not
+retryable: a proxy that answers with a login or error page answers the same way again.
+
+Leaving early. When an attempt ends before its body does (an error, ``[DONE]`` before the end,
+the consumer leaving, a time limit), the response is closed and the chain of httpx's body
+generators is closed innermost first, without reading another byte on any transport (see
+:func:`_close_chain`).
+
+Secrets. Every exception leaving :meth:`OpenAILLM.run_attempt` passes through one
+:class:`~trio_llmstream.providers._redact.Redactor`, which replaces the API key (raw, after
+``Bearer``, URL-encoded, JSON- or HTML-escaped, in any case) in its message, args, body, notes
+and cause chain: servers that echo the Authorization header cannot make the key reach a log,
+metrics, the journal or the relay.
 
 Works against OpenAI, vLLM, Ollama's ``/v1``, llama.cpp's server, OpenRouter, Groq and any other
 server speaking the same wire format.
@@ -14,11 +47,16 @@ server speaking the same wire format.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import gc
+import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+import types
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any, cast
 
 import httpx
 import msgspec
@@ -32,14 +70,32 @@ from .._exceptions import (
     APITimeoutError,
     ProviderError,
     StreamProtocolError,
+    TimeoutLimit,
 )
 from .._llm import LLM, AttemptInfo, ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
+from ._redact import Redactor
 
 __all__ = ["OpenAILLM", "translate_httpx_error"]
 
-# An error body is read for its message, never without bound.
+# An error body is read for its message, never without bound (decoded bytes).
 MAX_ERROR_BODY = 64 * 1024
+# The most body bytes (after decoding) handed to the parser at once. Network reads are at most
+# 64 KiB anyway; a larger one (an in-process transport, a decompressed read) is cut up, so the
+# parser's own working memory stays proportional to this window and its line/event limits.
+READ_WINDOW = 64 * 1024
+# The most body bytes (after decoding) without a complete data event: several times the
+# parser's line and event limits (1 MiB), far beyond any keep-alive padding.
+MAX_QUIET_BYTES = 4 * (1 << 20)
+# What a 200 may be labelled as (the media type, lower-cased, without parameters); "" means the
+# header is absent.
+EVENT_STREAM_TYPES = frozenset({"text/event-stream", ""})
+# Content encodings decoded here, with bounded output (see the module docstring).
+_ZLIB_WBITS = {
+    "gzip": 16 + zlib.MAX_WBITS,
+    "x-gzip": 16 + zlib.MAX_WBITS,
+    "deflate": zlib.MAX_WBITS,
+}
 # After [DONE], the rest of the body (normally just the end of the chunked encoding) is drained
 # so the connection can go back to the pool, within these bounds.
 DRAIN_BYTES = 64 * 1024
@@ -207,26 +263,155 @@ class _Once:
         return data
 
 
-async def _unwind(response: httpx.Response, body: AsyncIterator[bytes]) -> None:
-    """Close ``response`` and let httpx's chain of body generators finish.
+class _Inflater:
+    """Incremental gzip/deflate decoding whose output comes in windows of bounded size.
 
-    Leaving ``aiter_bytes()`` early (an error, [DONE] before the end of the body, or
-    cancellation while the consumer holds us up) leaves httpx's inner async generators
-    suspended; garbage-collected later, trio reports each as a ResourceWarning (httpx #3686),
-    and closing the outer generator does not reach the inner ones. Closing the response and
-    resuming the outer generator makes the innermost read fail, and that exception unwinds
-    every level. Shielded and bounded: it runs also when the attempt is being cancelled.
+    ``zlib``'s ``max_length`` stops inflating when a window is full and keeps the rest of the
+    input as ``unconsumed_tail``; the next window is produced only when the caller asks for it,
+    after it has parsed the previous one. Trailing bytes after the end of the compressed data
+    are ignored, as httpx does. ``deflate`` is zlib-wrapped by the standard and raw by some
+    servers: the first two bytes tell which (a zlib header is a multiple of 31 with method 8).
     """
-    if getattr(body, "ag_frame", True) is None:  # the generator already finished
-        return
-    with trio.CancelScope(shield=True):
-        await response.aclose()
-        with trio.move_on_after(1.0):
+
+    __slots__ = ("_decompressor", "_head", "encoding")
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._head = b""
+        self._decompressor: Any = None
+        if encoding != "deflate":
+            self._decompressor = zlib.decompressobj(_ZLIB_WBITS[encoding])
+
+    def windows(self, data: bytes) -> Iterator[bytes]:
+        d = self._decompressor
+        if d is None:
+            head = self._head = self._head + data
+            if len(head) < 2:
+                return
+            zlib_wrapped = head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+            d = self._decompressor = zlib.decompressobj(
+                zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS
+            )
+            data, self._head = head, b""
+        pending = data
+        while not d.eof:
             try:
-                async for _ in body:
-                    pass
-            except Exception:
-                pass  # the response is closed: an error here is expected
+                out = d.decompress(pending, READ_WINDOW)
+            except zlib.error as exc:
+                raise StreamProtocolError(
+                    f"the body is not valid {self.encoding} ({exc})", retryable=False
+                ) from None
+            if out:
+                yield out
+            pending = d.unconsumed_tail
+            # A full window may leave output pending inside zlib even when all input was taken.
+            if not pending and len(out) < READ_WINDOW:
+                return
+
+
+def _identity_windows(data: bytes) -> Iterator[bytes]:
+    if len(data) <= READ_WINDOW:
+        yield data
+        return
+    view = memoryview(data)
+    for start in range(0, len(data), READ_WINDOW):
+        yield bytes(view[start : start + READ_WINDOW])
+
+
+def _body_decoder(headers: httpx.Headers) -> Callable[[bytes], Iterator[bytes]]:
+    """How to turn raw reads into bounded windows of body bytes, by ``content-encoding``."""
+    value = headers.get("content-encoding", "")
+    codings = [c.strip().lower() for c in value.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return _identity_windows
+    if len(codings) == 1 and codings[0] in _ZLIB_WBITS:
+        return _Inflater(codings[0]).windows
+    raise StreamProtocolError(
+        f"unsupported content-encoding {value!r} (identity was requested; gzip and deflate "
+        "are decoded)",
+        retryable=False,
+    )
+
+
+def _media_type(headers: httpx.Headers) -> str:
+    value: str = headers.get("content-type", "")
+    return value.split(";", 1)[0].strip().lower()
+
+
+def _reads(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The response's raw (not decoded) reads, straight from its transport stream."""
+    stream = response.stream
+    if not isinstance(stream, httpx.AsyncByteStream):  # pragma: no cover - a sync transport
+        raise APIConnectionError(
+            "httpx misuse: the response stream is synchronous", retryable=False
+        )
+    return stream.__aiter__()
+
+
+def _suspended_chain(reads: AsyncIterator[bytes]) -> list[types.AsyncGeneratorType[Any, Any]]:
+    # The async generators suspended under ``reads``, outermost first. Each level of httpx's
+    # body (client, transport, httpcore pool, connection, the connection's receive loop, or an
+    # in-process transport's own generator) iterates the next with ``async for``, which keeps
+    # the inner generator only on the suspended frame's value stack: the garbage collector's
+    # view of the outer generator is the one public way to reach it.
+    chain: list[types.AsyncGeneratorType[Any, Any]] = []
+    current: object = reads
+    while (
+        isinstance(current, types.AsyncGeneratorType)
+        and current.ag_frame is not None
+        and not current.ag_running
+        and len(chain) < 32
+    ):
+        chain.append(current)
+        inner = [
+            ref
+            for ref in gc.get_referents(current)
+            if isinstance(ref, types.AsyncGeneratorType) and ref is not current
+        ]
+        current = inner[0] if len(inner) == 1 else None
+    return chain
+
+
+async def _close_chain(reads: AsyncIterator[bytes]) -> None:
+    """Close every suspended generator under ``reads``, innermost first, reading nothing.
+
+    Closing only the outermost generator would drop the inner ones unfinished, and trio
+    reports each as a ResourceWarning when it is collected (httpx #3686). Resuming the chain
+    until it ends (closing the response first, so that the innermost read fails) does finish
+    every level, but on a transport whose body does not stop at ``aclose()`` (an
+    ``httpx.MockTransport`` body, an in-process ASGI app) it reads the whole rest of the body.
+    Closing innermost first throws ``GeneratorExit`` at each level's ``yield``: no level reads,
+    and each outer level then drops an inner generator that has already finished.
+    """
+    for generator in reversed(_suspended_chain(reads)):
+        # A level failing to clean up must not stop the others from closing.
+        with contextlib.suppress(Exception):
+            await generator.aclose()
+
+
+async def _unwind(response: httpx.Response, reads: AsyncIterator[bytes]) -> None:
+    """Close ``response`` (and its connection, unless it was read to the end) and the chain of
+    body generators under ``reads``. Reads no further byte. Shielded and bounded: it runs also
+    when the attempt is being cancelled."""
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(1.0):
+            await response.aclose()
+            await _close_chain(reads)
+
+
+def _quota_exhausted(parsed: object) -> bool:
+    # OpenAI's 429 for a spent quota: {"error": {"type": "insufficient_quota", "code":
+    # "insufficient_quota"}}. Waiting does not refill a quota; retrying only burns time.
+    if not isinstance(parsed, dict):
+        return False
+    err = parsed.get("error", parsed)
+    if not isinstance(err, dict):
+        return False
+    return any(
+        isinstance(err.get(key), str) and err[key].strip().lower() == "insufficient_quota"
+        for key in ("type", "code")
+    )
 
 
 def _wire_message(message: ChatMessage) -> dict[str, Any]:
@@ -255,7 +440,10 @@ class OpenAILLM(LLM):
     """Streams chat completions from an OpenAI-compatible ``/chat/completions`` endpoint.
 
     ``api_key`` falls back to ``$OPENAI_API_KEY``; without either no Authorization header is
-    sent (local servers). The key never appears in a repr, a log line, an exception or metrics.
+    sent (local servers). The key never appears in a repr, a log line, an exception or metrics,
+    not even when the upstream echoes it back in an error body, an error event or a header
+    (see :mod:`trio_llmstream.providers._redact`; keys shorter than 8 characters, which are
+    placeholders rather than secrets, are redacted only where they follow ``Bearer``).
     A caller-supplied ``http_client`` is used as given (transport, limits, proxies) and never
     closed here; otherwise the provider owns one, closed by ``aclose()`` / ``async with``.
     ``extra_headers`` and ``extra_body`` are added to every request.
@@ -281,11 +469,16 @@ class OpenAILLM(LLM):
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self._headers: dict[str, str] = {
             "accept": "text/event-stream",
+            # Compressed bodies are decoded here with bounded output, never by httpx (see the
+            # module docstring); asking for identity makes that the rare case.
+            "accept-encoding": "identity",
             "content-type": "application/json",
         }
         if key:
             self._headers["authorization"] = f"Bearer {key}"
         self._headers.update(extra_headers or {})
+        # The one place upstream text is scrubbed of the key (see run_attempt).
+        self._redactor = Redactor(key or None)
         self._extra_body = dict(extra_body or {})
         self._include_usage = include_usage
         self._owns_client = http_client is None
@@ -346,52 +539,109 @@ class OpenAILLM(LLM):
     async def run_attempt(
         self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
     ) -> None:
-        """One POST, streamed into ``emit``. Cancellation closes the response and its
-        connection at once."""
-        connect = attempt.timeouts.connect
+        """One POST, streamed into ``emit``.
+
+        ``attempt.timeouts.connect`` bounds connecting and sending (httpx's timeouts);
+        ``attempt.timeouts.headers`` bounds the time until the response headers arrive
+        (``APITimeoutError("headers")``). Every exception leaving here has the API key
+        redacted from all upstream-supplied text (see :mod:`._redact`). Cancellation closes the
+        response and its connection at once, and reads nothing more.
+        """
+        try:
+            await self._attempt(request, attempt, emit)
+        except Exception as exc:
+            # The one boundary: whatever the upstream said (status bodies, in-stream errors
+            # built by the parser, headers, httpx's own messages) is scrubbed here, in place,
+            # before the runtime logs, retries, records or relays it.
+            self._redactor.scrub_exception(exc)
+            raise
+
+    async def _attempt(
+        self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
+    ) -> None:
+        timeouts = attempt.timeouts
+        connect = timeouts.connect
         timeout = httpx.Timeout(connect=connect, read=None, write=connect, pool=connect)
         content = _encoder.encode(self.build_body(request))
         http_request = self._client.build_request(
             "POST", self._url, content=content, headers=self._headers, timeout=timeout
         )
         http_request.stream = _RequestBody(content)
+        headers_limit = timeouts.headers
         try:
-            response = await self._client.send(http_request, stream=True)
+            with trio.move_on_after(math.inf if headers_limit is None else headers_limit) as wait:
+                response = await self._client.send(http_request, stream=True)
+            if wait.cancelled_caught:
+                assert headers_limit is not None
+                # Had the attempt itself been cancelled at the same moment, that wins.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                # "headers" joins TimeoutLimit with the runtime's time-limit rework.
+                raise APITimeoutError(cast(TimeoutLimit, "headers"), headers_limit)
+            reads = _reads(response)
             try:
-                await self._read(response, emit)
+                await self._read(response, reads, emit)
             finally:
-                await response.aclose()
+                await _unwind(response, reads)
         except HTTPXError as exc:
             raise translate_httpx_error(exc, connect_timeout=connect) from exc
 
-    async def _read(self, response: httpx.Response, emit: ChunkEmitter) -> None:
-        request_id = response.headers.get("x-request-id")
+    async def _read(
+        self, response: httpx.Response, reads: AsyncIterator[bytes], emit: ChunkEmitter
+    ) -> None:
+        headers = response.headers
+        request_id = headers.get("x-request-id")
         if response.status_code >= 300:
-            raise await self._status_error(response, request_id)
-        content_type = response.headers.get("content-type", "")
-        if content_type.startswith("application/json"):
-            raise await self._json_instead_of_stream(response, request_id)
-        body = response.aiter_bytes()
-        try:
-            await self._stream_body(body, emit, request_id)
-        finally:
-            await _unwind(response, body)
+            raise await self._status_error(response, reads, request_id)
+        media_type = _media_type(headers)
+        if media_type == "application/json" or media_type.endswith("+json"):
+            raise await self._json_instead_of_stream(response, reads, request_id)
+        if media_type not in EVENT_STREAM_TYPES:
+            raise await self._not_a_stream(response, reads, request_id)
+        decode = _body_decoder(headers)
+        await self._stream_body(reads, decode, emit, request_id)
 
     async def _stream_body(
-        self, body: AsyncIterator[bytes], emit: ChunkEmitter, request_id: str | None
+        self,
+        reads: AsyncIterator[bytes],
+        decode: Callable[[bytes], Iterator[bytes]],
+        emit: ChunkEmitter,
+        request_id: str | None,
     ) -> None:
         parser = ChatCompletionParser()
-        async for data in body:
-            chunks = parser.feed(data)
-            # A read of keep-alive comments only (it starts with ":") is not data: it must not
-            # reset the idle clock (a server pinging forever is still stalled). An int
-            # comparison: no slice allocated per read.
-            if chunks or (data and data[0] != 0x3A):
-                await emit.send(chunks)
+        quiet = 0  # body bytes since the last complete data event
+        identity = decode is _identity_windows
+        async for data in reads:
+            # The common read (uncompressed, at most one window) skips the window generator.
+            windows = (data,) if identity and len(data) <= READ_WINDOW else decode(data)
+            for window in windows:
+                progress = parser.progress
+                chunks = parser.feed(window)
+                # Progress is a complete data event, not a byte: keep-alive comments, blank
+                # lines and partial lines never call send, so they never reset the runtime's
+                # idle clock. A normal read is one window, so this is one send per read.
+                if chunks or parser.progress != progress:
+                    quiet = 0
+                    await emit.send(chunks)
+                else:
+                    quiet += len(window)
+                if parser.finished:
+                    break
+                if quiet > MAX_QUIET_BYTES:
+                    raise StreamProtocolError(
+                        f"more than {MAX_QUIET_BYTES} bytes of body without a complete event",
+                        request_id=request_id,
+                    )
             if parser.finished:
                 break
+            # After the commit point emit.send hands chunks over without a checkpoint, and an
+            # in-process transport's reads may not have one either: a cancelled attempt (the
+            # consumer left, a time limit fired) must stop here, before its next read.
+            await trio.lowlevel.checkpoint_if_cancelled()
         else:
-            await emit.send(parser.end())
+            progress = parser.progress
+            chunks = parser.end()
+            if chunks or parser.progress != progress:
+                await emit.send(chunks)
         error = parser.error
         if error is not None:
             if error.request_id is None:
@@ -400,39 +650,54 @@ class OpenAILLM(LLM):
         # Finished: drain what little follows [DONE] so the connection can be reused.
         drained = 0
         with trio.move_on_after(DRAIN_SECONDS):
-            async for data in body:
+            async for data in reads:
                 drained += len(data)
                 if drained > DRAIN_BYTES:
                     break
 
-    async def _bounded_body(self, response: httpx.Response) -> bytes:
+    async def _bounded_body(self, response: httpx.Response, reads: AsyncIterator[bytes]) -> bytes:
+        # At most MAX_ERROR_BODY decoded bytes, inflated window by window; the key is taken
+        # out before anything is parsed or quoted (run_attempt scrubs the result again).
+        try:
+            decode = _body_decoder(response.headers)
+        except StreamProtocolError as exc:
+            return f"(body not decoded: {exc})".encode()
         parts: list[bytes] = []
         size = 0
-        async for data in response.aiter_bytes():
-            parts.append(data)
-            size += len(data)
-            if size >= MAX_ERROR_BODY:
-                break
-        return b"".join(parts)[:MAX_ERROR_BODY]
+        try:
+            async for data in reads:
+                for window in decode(data):
+                    parts.append(window)
+                    size += len(window)
+                    if size >= MAX_ERROR_BODY:
+                        break
+                if size >= MAX_ERROR_BODY:
+                    break
+        except StreamProtocolError:
+            pass  # a corrupt compressed error body: what was decoded is still worth quoting
+        return self._redactor.data(b"".join(parts)[:MAX_ERROR_BODY])
 
     async def _status_error(
-        self, response: httpx.Response, request_id: str | None
+        self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None
     ) -> APIStatusError:
-        body = await self._bounded_body(response)
+        body = await self._bounded_body(response, reads)
         message, parsed = _error_message(body)
+        retryable = _should_retry(response.headers)
+        if response.status_code == 429 and _quota_exhausted(parsed):
+            retryable = False
         return APIStatusError(
             message,
             status_code=response.status_code,
             body=parsed,
             request_id=request_id,
             retry_after=parse_retry_after(response.headers),
-            retryable=_should_retry(response.headers),
+            retryable=retryable,
         )
 
     async def _json_instead_of_stream(
-        self, response: httpx.Response, request_id: str | None
+        self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None
     ) -> APIError:
-        body = await self._bounded_body(response)
+        body = await self._bounded_body(response, reads)
         message, parsed = _error_message(body)
         if isinstance(parsed, dict) and "error" in parsed:
             err = parsed["error"]
@@ -441,5 +706,18 @@ class OpenAILLM(LLM):
             return ProviderError(message, type=type_, code=code, request_id=request_id)
         return StreamProtocolError(
             f"expected text/event-stream, got application/json: {message[:200]}",
+            request_id=request_id,
+        )
+
+    async def _not_a_stream(
+        self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None
+    ) -> APIError:
+        body = await self._bounded_body(response, reads)
+        excerpt = " ".join(body[:400].decode("utf-8", "replace").split())[:200]
+        content_type = response.headers.get("content-type", "")
+        return StreamProtocolError(
+            f"expected text/event-stream, got {content_type!r}"
+            + (f": {excerpt}" if excerpt else " (empty body)"),
+            retryable=False,
             request_id=request_id,
         )
