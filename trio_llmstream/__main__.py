@@ -163,14 +163,6 @@ def _api_key(variable: str | None) -> str | None:
 # -- chat ------------------------------------------------------------------------------------
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The library's log records (retries among them) on stderr, one line each."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-
-
 def _explain(exc: BaseException, base_url: str) -> str | None:
     """One line naming a cause the exception's own message hides, or None.
 
@@ -285,7 +277,10 @@ async def chat(
 
 
 def _run_chat(args: argparse.Namespace) -> int:
-    handler = _StderrHandler()
+    # The library's log records at INFO and above (each retry among them, as it is decided)
+    # on stderr, one line each.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     logger = logging.getLogger("trio_llmstream")
     old_level = logger.level
