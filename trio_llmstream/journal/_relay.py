@@ -47,7 +47,7 @@ from .._llm import LLM
 from .._models import ChatContext, ChatMessage
 from .._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from .._stream import open_llm_stream
-from ._base import Journal, check_run_id
+from ._base import Journal, RunInfo, check_run_id
 from ._errors import (
     EntriesExpired,
     JournalError,
@@ -333,14 +333,19 @@ class RelayApp:
                     raise  # to the POST handler, through nursery.start
                 logger.exception("run %s: failed", run_id)
 
-    async def _info(self, send: Send, run_id: str) -> None:
+    async def _run_info(self, send: Send, run_id: str) -> RunInfo | None:
+        # The run's state, or None once an error response (404, 503, 500) was sent.
         try:
-            info = await self.journal.info(run_id)
+            return await self.journal.info(run_id)
         except RunNotFound:
             await _error(send, 404, f"no run {run_id!r}")
-            return
         except JournalError as exc:
             await _error(send, 503 if exc.retryable else 500, str(exc))
+        return None
+
+    async def _info(self, send: Send, run_id: str) -> None:
+        info = await self._run_info(send, run_id)
+        if info is None:
             return
         await _json_response(
             send,
@@ -368,13 +373,8 @@ class RelayApp:
         except ValueError as exc:
             await _error(send, 400, str(exc))
             return
-        try:
-            info = await self.journal.info(run_id)
-        except RunNotFound:
-            await _error(send, 404, f"no run {run_id!r}")
-            return
-        except JournalError as exc:
-            await _error(send, 503 if exc.retryable else 500, str(exc))
+        info = await self._run_info(send, run_id)
+        if info is None:
             return
         if info.end_seq is not None and after >= info.end_seq:
             # The client has the end event: 204 tells an EventSource to stop reconnecting.
