@@ -14,6 +14,12 @@ from typing import Any
 import trio
 
 from trio_llmstream import ChatChunk, ChatContext, OpenAILLM, StreamStatus, open_llm_stream
+from trio_llmstream._demo import (
+    DEMO_ANSWER,
+    DEMO_FOLLOW_UP,
+    demo_two_segment_responses,
+    demo_two_segment_turn,
+)
 from trio_llmstream._segments import (
     Segment,
     SegmentEnd,
@@ -22,12 +28,6 @@ from trio_llmstream._segments import (
     SegmentNotice,
     SegmentStart,
     open_turn,
-)
-from trio_llmstream._segments_demo import (
-    DEMO_ANSWER,
-    DEMO_FOLLOW_UP,
-    demo_two_segment_responses,
-    demo_two_segment_turn,
 )
 from trio_llmstream._segments_stages import SegmentInput, map_turn, open_turn_stage
 from trio_llmstream.testing import ResponseOutcome, open_mock_server, text_stream

@@ -1,118 +1,375 @@
-"""The command line: ``python -m trio_llmstream {demo,chat,relay}``.
+"""The command line: ``python -m trio_llmstream`` (or the ``trio-llmstream`` console script).
 
-- ``demo`` needs nothing but the package (and its ``server`` extra): it starts the loopback
-  mock server in-process and streams a scripted conversation through ``open_llm_stream``
+- ``demo``: starts the loopback mock server in-process and streams a scripted conversation
   (live text, a retry after an injected fault, a tool loop, a two-segment turn, a metrics
-  table).
-- ``chat --base-url URL --model NAME [--api-key-env VAR] PROMPT`` streams one answer from a
-  real OpenAI-compatible server, printing text live and the metrics at the end.
-- ``relay --upstream URL --model NAME [--redis URL] [--port N]`` serves LLM runs as resumable
-  server-sent events (see ``trio_llmstream.journal``).
+  table). Needs the ``server`` extra.
+- ``chat``: streams one answer from an OpenAI-compatible server. The answer alone goes to
+  stdout; retries (as they happen), errors and the metrics table go to stderr.
+- ``relay``: serves LLM runs as resumable server-sent events (see ``trio_llmstream.journal``).
+  Needs the ``server`` extra, and the ``redis`` extra with ``--redis``.
+
+All argument parsing lives here; the library modules take objects (an ``LLM``, a journal), not
+command-line options.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 
 import trio
 
+from . import __version__
+from ._demo import format_metrics_table
 from ._exceptions import LLMStreamError
-from ._models import ChatContext, LLMMetrics
-from ._options import APIConnectOptions, Timeouts
+from ._models import ChatContext
+from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Timeouts
 from ._stream import open_llm_stream
-from .providers.openai import OpenAILLM
+
+__all__ = ["build_parser", "chat", "main"]
+
+_DESCRIPTION = """\
+A trio-native runtime for streaming LLM chat completions: try it with 'demo' (no network, no
+key), stream from a real server with 'chat', serve resumable runs with 'relay'. Run
+'%(prog)s COMMAND --help' for a command's options.
+"""
+
+_CHAT_DESCRIPTION = """\
+Stream one answer to PROMPT from an OpenAI-compatible server.
+
+The answer alone is written to stdout (so '> answer.txt' keeps just the text); retries, as
+they happen, errors and the metrics table go to stderr.
+
+API key: read from the environment variable OPENAI_API_KEY, or from the one named by
+--api-key-env. If the variable is unset, no key is sent. The key is sent, as a bearer token,
+to whatever --base-url is given: use it only with servers you trust with that key.
+"""
+
+_RELAY_DESCRIPTION = """\
+Serve LLM runs as resumable server-sent events: POST /v1/runs starts a run, GET
+/v1/runs/ID/events streams it (resumable with Last-Event-ID). Runs go to the OpenAI-compatible
+server --upstream. Stops gracefully on SIGINT or SIGTERM.
+
+API key for the upstream: as for 'chat' (OPENAI_API_KEY, or --api-key-env), sent to
+--upstream.
+"""
+
+_KEY_HELP = (
+    "name of the environment variable holding the API key (default: OPENAI_API_KEY; when "
+    "the variable is unset no key is sent)"
+)
 
 
-def format_metrics_table(rows: Sequence[tuple[str, LLMMetrics]]) -> str:
-    """A plain-text table of stream metrics, one row per stream."""
-    header = ("stream", "status", "attempts", "ttft", "duration", "prompt", "completion",
-              "tok/s", "error")
-    lines = [header]
-    for name, m in rows:
-        lines.append((
-            name,
-            m.status.value,
-            str(len(m.attempts)),
-            "-" if m.ttft is None else f"{m.ttft * 1000:.0f} ms",
-            f"{m.duration * 1000:.0f} ms",
-            str(m.prompt_tokens),
-            str(m.completion_tokens),
-            "-" if m.tokens_per_second is None else f"{m.tokens_per_second:.0f}",
-            "" if m.error is None else type(m.error).__name__,
-        ))
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    out = []
-    for n, row in enumerate(lines):
-        out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions kept as written; every option's help ends with its default, if it has
+    one (required options and options without a default say nothing more)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        if (
+            "%(default)" not in help_text
+            and action.option_strings
+            and not action.required
+            and action.default is not None
+            and action.default is not argparse.SUPPRESS
+            and not isinstance(action, argparse._HelpAction | argparse._VersionAction)
+        ):
+            help_text += " (default: %(default)s)"
+        return help_text
 
 
-async def chat(base_url: str, model: str, api_key_env: str | None, prompt: str) -> int:
-    """Stream one answer to ``prompt``; return the exit code."""
-    api_key = None
-    if api_key_env:
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            print(f"error: environment variable {api_key_env} is not set", file=sys.stderr)
-            return 2
+def _prog() -> str:
+    # "python -m trio_llmstream" runs this file as __main__.py; the console script's argv[0]
+    # is its own name (trio-llmstream).
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name in ("", "__main__.py", "-c"):
+        return "python -m trio_llmstream"
+    return name
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the command line (``prog`` defaults to how it was invoked)."""
+    parser = argparse.ArgumentParser(
+        prog=prog or _prog(), description=_DESCRIPTION, formatter_class=_HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of:")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description,
+                              formatter_class=_HelpFormatter)
+
+    def server_options(p: argparse.ArgumentParser, url_flag: str, what: str) -> None:
+        # The OpenAI-compatible server to talk to: where, which model, which key.
+        p.add_argument(url_flag, required=True, metavar="URL",
+                       help=f"the {what}'s base URL, e.g. http://localhost:11434/v1 or "
+                       "https://api.openai.com/v1")
+        p.add_argument("--model", required=True, metavar="NAME", help="the model to use")
+        p.add_argument("--api-key-env", default=None, metavar="VAR", help=_KEY_HELP)
+
+    command(
+        "demo",
+        "a scripted conversation against an in-process mock server (no network, no key)",
+        "Stream a scripted conversation from an in-process loopback mock server: live text, "
+        "a retried dropped connection, a tool loop, a two-segment turn and a metrics table. "
+        "Needs the server extra: pip install 'trio_llmstream[server]'.",
+    )
+
+    chat_p = command("chat", "stream one answer from an OpenAI-compatible server",
+                     _CHAT_DESCRIPTION)
+    server_options(chat_p, "--base-url", "server")
+    chat_p.add_argument("--max-retry", type=int, default=DEFAULT_API_CONNECT_OPTIONS.max_retry,
+                        metavar="N",
+                        help="retries after the first attempt, only before any text arrived")
+    chat_p.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
+                        help="print the metrics table to stderr at the end")
+    chat_p.add_argument("prompt", metavar="PROMPT", help="the user message")
+
+    relay_p = command("relay", "serve LLM runs as resumable server-sent events",
+                      _RELAY_DESCRIPTION)
+    server_options(relay_p, "--upstream", "upstream server")
+    relay_p.add_argument("--redis", default=None, metavar="URL",
+                         help="keep the journal in Redis, e.g. redis://127.0.0.1:6379/0, so "
+                         "several relays share runs (needs the redis extra; default: in "
+                         "memory)")
+    relay_p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    relay_p.add_argument("--port", type=int, default=8080, help="the port to listen on")
+    relay_p.add_argument("--abandon-after", type=float, default=10.0, metavar="SECONDS",
+                         help="end the followers of a run whose writer is silent this long")
+    return parser
+
+
+class _UsageError(Exception):
+    """A mistake in the command line's input: one line on stderr, exit code 2."""
+
+
+def _api_key(variable: str | None) -> str | None:
+    """The key in the environment variable named by ``--api-key-env``; None without the
+    option (the provider then reads OPENAI_API_KEY itself)."""
+    if not variable:
+        return None
+    key = os.environ.get(variable)
+    if not key:
+        raise _UsageError(f"environment variable {variable} is not set")
+    return key
+
+
+# -- chat ------------------------------------------------------------------------------------
+
+
+def _explain(exc: BaseException, base_url: str) -> str | None:
+    """One line naming a cause the exception's own message hides, or None.
+
+    A TLS handshake against a plain-HTTP server fails with an opaque SSL error ("wrong version
+    number", "record layer failure"); plain HTTP against a TLS server gets a connection closed
+    without a response, or garbage.
+    """
+    import httpx
+
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    https = base_url.startswith("https://")
+    for cause in chain:
+        if https and isinstance(cause, ssl.SSLError):
+            return (f"TLS handshake with {base_url} failed ({cause.reason or cause}); if the "
+                    "server speaks plain HTTP, use an http:// URL")
+        if not https and isinstance(
+            cause, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError
+        ):
+            # Connected, then cut before any answer: what a TLS server does with plain HTTP
+            # (it resets or closes the connection, or answers with a TLS alert).
+            return (f"the connection to {base_url} failed before any answer; if the server "
+                    "speaks TLS, use an https:// URL")
+    return None
+
+
+class _Answer:
+    """Writes the answer to stdout; stops writing, quietly, once stdout's reader has gone."""
+
+    def __init__(self) -> None:
+        self.written = False
+        self.pipe_closed = False
+
+    def write(self, text: str) -> None:
+        if self.pipe_closed:
+            return
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.pipe_closed = True
+            _silence_stdout()
+            raise
+        self.written = True
+
+
+def _silence_stdout() -> None:
+    # The reader of our stdout is gone (`| head -c 10`): point the descriptor at /dev/null,
+    # so that the interpreter's final flush at exit does not fail again and print a traceback.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
+async def chat(
+    base_url: str,
+    model: str,
+    api_key_env: str | None,
+    prompt: str,
+    *,
+    max_retry: int = DEFAULT_API_CONNECT_OPTIONS.max_retry,
+    metrics: bool = True,
+) -> int:
+    """Stream one answer to ``prompt``; return the exit code (0, 1 on an error of the stream,
+    2 on a usage error).
+
+    The answer goes to stdout; errors and the metrics table to stderr. If stdout's reader goes
+    away (a closed pipe), the stream is cancelled and 0 is returned.
+    """
+    from .providers.openai import OpenAILLM
+
+    try:
+        api_key = _api_key(api_key_env)
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     ctx = ChatContext()
     ctx.add_message(role="user", content=prompt)
-    options = APIConnectOptions(timeouts=Timeouts(connect=10, first_token=60, idle=30))
+    options = APIConnectOptions(
+        max_retry=max_retry, timeouts=Timeouts(connect=10, first_token=60, idle=30)
+    )
+    answer = _Answer()
     async with OpenAILLM(model, base_url=base_url, api_key=api_key) as llm:
-        printed = False
         try:
             async with open_llm_stream(llm, chat_ctx=ctx, conn_options=options) as stream:
                 async for chunk in stream:
                     if chunk.text:
-                        printed = True
-                        print(chunk.text, end="", flush=True)
+                        answer.write(chunk.text)
+        except BrokenPipeError:
+            return 0  # leaving the block cancelled the stream: nobody reads the answer
         except LLMStreamError as exc:
-            if printed:
-                print()
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            if answer.written:
+                with contextlib.suppress(BrokenPipeError):
+                    answer.write("\n")
+            # A cause worth naming only if nothing at all came back (else it spoke HTTP).
+            reason = None if answer.written else _explain(exc, base_url)
+            suffix = f" ({reason})" if reason else ""
+            print(f"error: {type(exc).__name__}: {exc}{suffix}", file=sys.stderr)
             return 1
-        print()
-    if stream.metrics is not None:
-        print(format_metrics_table([("chat", stream.metrics)]))
+        try:
+            answer.write("\n")
+        except BrokenPipeError:
+            return 0
+    if metrics and stream.metrics is not None:
+        print(format_metrics_table([("chat", stream.metrics)]), file=sys.stderr)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trio_llmstream", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="stream a scripted conversation from an in-process mock server")
-    p_chat = sub.add_parser("chat", help="stream one answer from an OpenAI-compatible server")
-    p_chat.add_argument("--base-url", required=True, help="e.g. http://localhost:11434/v1")
-    p_chat.add_argument("--model", required=True)
-    p_chat.add_argument("--api-key-env", default=None,
-                        help="name of the environment variable holding the API key")
-    p_chat.add_argument("prompt")
-    from .journal._relay import add_relay_arguments, run_relay_command
+def _run_chat(args: argparse.Namespace) -> int:
+    # The library's log records at INFO and above (each retry among them, as it is decided)
+    # on stderr, one line each.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("trio_llmstream")
+    old_level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        code: int = trio.run(
+            lambda: chat(args.base_url, args.model, args.api_key_env, args.prompt,
+                         max_retry=args.max_retry, metrics=args.metrics)
+        )
+        return code
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
-    add_relay_arguments(sub.add_parser("relay", help="serve LLM runs as resumable SSE"))
-    args = parser.parse_args(argv)
-    if args.command == "relay":
-        return run_relay_command(args)
+
+# -- relay -----------------------------------------------------------------------------------
+
+
+def _run_relay(args: argparse.Namespace) -> int:
+    from .journal import JournalError, run_relay
+    from .providers.openai import OpenAILLM
+
+    if missing := _missing_extra("hypercorn", "server", "relay"):
+        return missing
+    if args.redis and (missing := _missing_extra("coredis", "redis", "relay --redis")):
+        return missing
+    try:
+        api_key = _api_key(args.api_key_env)
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    async def serve() -> None:
+        async with OpenAILLM(args.model, base_url=args.upstream, api_key=api_key) as llm:
+            await run_relay(llm, redis_url=args.redis, host=args.host, port=args.port,
+                            abandon_after=args.abandon_after)
+
+    try:
+        trio.run(serve)
+    except (JournalError, OSError, BaseExceptionGroup) as exc:
+        leaf = _first_leaf(exc)
+        if not isinstance(leaf, JournalError | OSError):
+            raise
+        print(f"error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def _missing_extra(module: str, extra: str, command: str) -> int:
+    """0 if ``module`` imports; else print one line naming the extra to install, return 2."""
+    try:
+        __import__(module)
+    except ImportError:
+        print(f"error: {command} needs the {extra} extra: "
+              f"pip install 'trio_llmstream[{extra}]'", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_demo() -> int:
+    if missing := _missing_extra("hypercorn", "server", "demo"):
+        return missing
+    from ._demo import run_demo
+
+    code: int = trio.run(run_demo)
+    return code
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    args = build_parser(prog).parse_args(argv)
     try:
         if args.command == "demo":
-            try:
-                import hypercorn  # noqa: F401 - the demo's loopback server needs it
-            except ImportError:
-                print("error: the demo needs the server extra: "
-                      "pip install 'trio_llmstream[server]'", file=sys.stderr)
-                return 2
-            from ._demo import run_demo
-
-            code: int = trio.run(run_demo)
-            return code
-        code = trio.run(chat, args.base_url, args.model, args.api_key_env, args.prompt)
-        return code
+            return _run_demo()
+        if args.command == "chat":
+            return _run_chat(args)
+        return _run_relay(args)
     except KeyboardInterrupt:
         return 130
 

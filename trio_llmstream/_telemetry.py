@@ -83,7 +83,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider
 
     from ._models import FunctionCall
-    from ._tools import ToolOutcome
+    from ._tools._execute import ToolOutcome
 
 __all__ = [
     "CAPTURE_CONTENT_ENV",

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import trio
 
-if TYPE_CHECKING:
-    from hypercorn.config import Config
-
-__all__ = ["NoPublicConstructor", "hypercorn_config", "open_owner_nursery"]
+__all__ = ["NoPublicConstructor", "open_owner_nursery"]
 
 _T = TypeVar("_T")
 
@@ -61,28 +57,3 @@ async def open_owner_nursery(
         finally:
             body_exc = None  # break the frame <-> traceback reference cycle
 
-
-def hypercorn_config(
-    host: str, port: int, *, stop_timeout: float, logger: logging.Logger, needed_by: str
-) -> Config:
-    """The hypercorn settings our loopback servers share (the mock server, the relay).
-
-    Quiet (no access log, errors to ``logger``, no server header), bounded shutdown, and a
-    keep-alive timeout longer than clients' own pool expiry (httpx: 5 s), so that a client
-    never reuses a pooled connection at the moment the server closes it (a spurious "Server
-    disconnected"); idle connections are still closed at once when the server stops.
-    """
-    try:
-        from hypercorn.config import Config
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"{needed_by} needs hypercorn: pip install 'trio_llmstream[server]'"
-        ) from exc
-    config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.graceful_timeout = stop_timeout
-    config.include_server_header = False
-    config.accesslog = None
-    config.errorlog = logger
-    config.keep_alive_timeout = 75
-    return config

@@ -1,15 +1,14 @@
 """A real ``redis-server`` on a free loopback port, for the journal's tests.
 
-Debian's ``redis-server`` is used; if it is missing it is installed with ``apt-get`` (as root,
-or through ``sudo``), and if that fails the tests fail with a clear message: nothing is skipped
-silently. Each server runs in its own temporary directory, without RDB snapshots, with or
-without an append-only file, and is stopped (SIGTERM, then SIGKILL) when done.
+Debian's ``redis-server`` is used; if it is missing the tests fail with a clear message
+(nothing is skipped silently, and no test installs system packages: ``.ci/run`` does). Each
+server runs in its own temporary directory, without RDB snapshots, with or without an
+append-only file, and is stopped (SIGTERM, then SIGKILL) when done.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -21,24 +20,13 @@ import pytest
 
 
 def redis_server_binary() -> str:
-    """The path of ``redis-server``, installing it with apt-get if missing."""
-    path = shutil.which("redis-server")
-    if path:
-        return path
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log = []
-    for cmd in (
-        [*sudo, "apt-get", "update", "-q"],
-        [*sudo, "apt-get", "install", "-y", "-q", "redis-server"],
-    ):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        log.append(f"$ {' '.join(cmd)} -> {proc.returncode}\n{proc.stderr[-2000:]}")
+    """The path of ``redis-server``; the tests fail with a clear message without it (they do
+    not install system packages: ``.ci/run`` does)."""
     path = shutil.which("redis-server")
     if not path:
         pytest.fail(
-            "redis-server is not installed and installing it with apt-get failed; the journal "
-            "tests need it (apt-get install redis-server).\n" + "\n".join(log),
+            "redis-server is not installed; the journal tests need it. Run .ci/run (which "
+            "installs it), or install it yourself: sudo apt-get install redis-server",
             pytrace=False,
         )
     return path

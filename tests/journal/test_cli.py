@@ -3,15 +3,19 @@ two sharing Redis, a client resuming on the second what it began on the first.""
 
 from __future__ import annotations
 
+import ast
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import trio
 
+import trio_llmstream
+import trio_llmstream.journal
 from trio_llmstream.testing import open_mock_server, text_stream
 
 from .redis_server import RedisServer, free_port
@@ -107,3 +111,38 @@ def test_relay_command_reports_an_unreachable_redis() -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1, proc.stderr
     assert "error: JournalUnavailable: Redis unavailable" in proc.stderr
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """The absolute names of every module ``path`` (a module of ``package``) imports, at any
+    place in the file (lazy imports inside functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_journal_does_not_import_a_provider() -> None:
+    # The layers: the journal records and serves any LLM it is given; the command line (in
+    # trio_llmstream.__main__) is what builds an OpenAILLM for the relay. (Checked in the
+    # source: importing the package imports the providers anyway, for its public API.)
+    journal = Path(trio_llmstream.journal.__file__).parent
+    modules = sorted(journal.glob("*.py"))
+    assert len(modules) > 5
+    for path in modules:
+        imported = imported_modules(path, "trio_llmstream.journal")
+        bad = {m for m in imported
+               if m.startswith(("trio_llmstream.providers", "trio_llmstream.__main__"))}
+        assert not bad, (path.name, bad)
+    # The checker sees a lazy provider import where there is one.
+    main = Path(trio_llmstream.__file__).parent / "__main__.py"
+    assert "trio_llmstream.providers.openai" in imported_modules(main, "trio_llmstream")

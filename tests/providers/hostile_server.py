@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import trio
 
-from trio_llmstream._util import hypercorn_config
+from trio_llmstream._asgi import hypercorn_config
 
 _LOGGER = logging.getLogger("tests.hostile_server")
 

@@ -1,5 +1,6 @@
 """The SSE relay: an ASGI app that runs LLM streams in the background and serves them as
-resumable server-sent events, and the ``python -m trio_llmstream relay`` command.
+resumable server-sent events, and :func:`run_relay`, what the ``python -m trio_llmstream
+relay`` command runs (its options are parsed in ``trio_llmstream.__main__``).
 
 Routes (under ``path_prefix``, ``/v1`` by default):
 
@@ -30,25 +31,23 @@ clients reconnect, to another process if there is one, and resume).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import secrets
 import signal
-import sys
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import msgspec
 import trio
 
+from .. import _asgi
+from .._asgi import Receive, Scope, Send
 from .._llm import LLM
 from .._models import ChatContext, ChatMessage
 from .._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from .._stream import open_llm_stream
-from .._util import hypercorn_config
-from ._base import Journal, check_run_id
+from ._base import Journal, RunInfo, check_run_id
 from ._errors import (
     EntriesExpired,
     JournalError,
@@ -62,19 +61,9 @@ from ._memory import MemoryJournal, abandoned_end
 from ._record import DEFAULT_RECORD_OPTIONS, RecordOptions, record
 from ._sse import format_sse, format_sse_end, parse_event_id, sse_comment, sse_retry
 
-__all__ = [
-    "RelayApp",
-    "add_relay_arguments",
-    "run_relay",
-    "run_relay_command",
-    "serve_relay",
-]
+__all__ = ["RelayApp", "run_relay", "serve_relay"]
 
 logger = logging.getLogger("trio_llmstream.journal.relay")
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class _Message(msgspec.Struct, forbid_unknown_fields=True):
@@ -93,35 +82,6 @@ class _RunRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 _request_decoder = msgspec.json.Decoder(_RunRequest)
 _json = msgspec.json.Encoder()
-
-
-class _Scopes:
-    """Cancel scopes of running tasks of one kind, and a way to wait until there are none."""
-
-    def __init__(self) -> None:
-        self.scopes: set[trio.CancelScope] = set()
-        self._empty = trio.Event()
-        self._empty.set()
-
-    def __len__(self) -> int:
-        return len(self.scopes)
-
-    def add(self, scope: trio.CancelScope) -> None:
-        if not self.scopes:
-            self._empty = trio.Event()
-        self.scopes.add(scope)
-
-    def discard(self, scope: trio.CancelScope) -> None:
-        self.scopes.discard(scope)
-        if not self.scopes:
-            self._empty.set()
-
-    def cancel_all(self) -> None:
-        for scope in list(self.scopes):
-            scope.cancel()
-
-    async def wait_empty(self) -> None:
-        await self._empty.wait()
 
 
 class _EventStream:
@@ -160,23 +120,6 @@ async def _json_response(
 async def _error(send: Send, status: int, message: str, **extra: Any) -> None:
     headers = [(b"retry-after", b"1")] if status == 503 else []
     await _json_response(send, status, {"error": {"message": message, **extra}}, headers)
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None if it is larger than ``limit`` or the client left."""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        part = message.get("body", b"")
-        size += len(part)
-        if size > limit:
-            return None
-        parts.append(part)
-        if not message.get("more_body", False):
-            return b"".join(parts)
 
 
 class RelayApp:
@@ -223,8 +166,8 @@ class RelayApp:
         self.conn_options = conn_options
         self._nursery: trio.Nursery | None = None
         self._stopping = False
-        self._runs = _Scopes()
-        self._streams = _Scopes()
+        self._runs = _asgi.ScopeSet()
+        self._streams = _asgi.ScopeSet()
 
     @property
     def running(self) -> int:
@@ -307,7 +250,10 @@ class RelayApp:
         await _error(send, 404, f"no route for {method} {path}")
 
     async def _create(self, receive: Receive, send: Send) -> None:
-        body = await _read_body(receive, self.max_body)
+        try:
+            body = await _asgi.read_body(receive, self.max_body)
+        except _asgi.BodyTooLarge:
+            body = None
         if body is None:
             await _error(send, 413, f"the request body must be JSON of at most {self.max_body} "
                          "bytes")
@@ -364,8 +310,7 @@ class RelayApp:
         # One run, in the lifespan's nursery. It never raises into that nursery: a failure
         # to record is logged, and the run's followers end by abandonment.
         started = False
-        with trio.CancelScope() as scope:
-            self._runs.add(scope)
+        with self._runs.open():
             try:
                 await self.journal.create_run(run_id)
                 task_status.started()
@@ -387,17 +332,20 @@ class RelayApp:
                 if not started:
                     raise  # to the POST handler, through nursery.start
                 logger.exception("run %s: failed", run_id)
-            finally:
-                self._runs.discard(scope)
 
-    async def _info(self, send: Send, run_id: str) -> None:
+    async def _run_info(self, send: Send, run_id: str) -> RunInfo | None:
+        # The run's state, or None once an error response (404, 503, 500) was sent.
         try:
-            info = await self.journal.info(run_id)
+            return await self.journal.info(run_id)
         except RunNotFound:
             await _error(send, 404, f"no run {run_id!r}")
-            return
         except JournalError as exc:
             await _error(send, 503 if exc.retryable else 500, str(exc))
+        return None
+
+    async def _info(self, send: Send, run_id: str) -> None:
+        info = await self._run_info(send, run_id)
+        if info is None:
             return
         await _json_response(
             send,
@@ -425,13 +373,8 @@ class RelayApp:
         except ValueError as exc:
             await _error(send, 400, str(exc))
             return
-        try:
-            info = await self.journal.info(run_id)
-        except RunNotFound:
-            await _error(send, 404, f"no run {run_id!r}")
-            return
-        except JournalError as exc:
-            await _error(send, 503 if exc.retryable else 500, str(exc))
+        info = await self._run_info(send, run_id)
+        if info is None:
             return
         if info.end_seq is not None and after >= info.end_seq:
             # The client has the end event: 204 tells an EventSource to stop reconnecting.
@@ -454,17 +397,13 @@ class RelayApp:
             }
         )
         stream = _EventStream(send)
-        with trio.CancelScope() as cut:
-            self._streams.add(cut)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-                    nursery.start_soon(self._keepalive, stream)
-                    await stream.send(sse_retry(self.retry_ms))
-                    await self._follow(stream, run_id, after)
-                    nursery.cancel_scope.cancel()
-            finally:
-                self._streams.discard(cut)
+        with self._streams.open():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_asgi.watch_disconnect, receive, nursery.cancel_scope.cancel)
+                nursery.start_soon(self._keepalive, stream)
+                await stream.send(sse_retry(self.retry_ms))
+                await self._follow(stream, run_id, after)
+                nursery.cancel_scope.cancel()
         # Shielded: hypercorn updates the connection's state inside this send.
         with trio.CancelScope(shield=True) as final:
             final.deadline = trio.current_time() + 1.0
@@ -493,15 +432,6 @@ class RelayApp:
                 await stream.send(sse_comment("keep-alive"))
 
 
-async def _watch_disconnect(receive: Receive, cancel: trio.CancelScope) -> None:
-    # After the request body, the only message left to receive is http.disconnect.
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            cancel.cancel()
-            return
-
-
 # -- serving -------------------------------------------------------------------------------------
 
 
@@ -519,7 +449,7 @@ async def serve_relay(
     one). Cancellation: shuts down gracefully (``app.shutdown()``, then hypercorn's own,
     shielded and bounded by ``stop_timeout`` seconds more), then propagates.
     """
-    config = hypercorn_config(
+    config = _asgi.hypercorn_config(
         host, port, stop_timeout=stop_timeout, logger=logger, needed_by="the relay"
     )
     from hypercorn.trio import serve
@@ -544,51 +474,33 @@ async def serve_relay(
             shutdown.set()
 
 
-def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``relay`` subcommand's options."""
-    parser.add_argument("--upstream", required=True, metavar="BASE_URL",
-                        help="an OpenAI-compatible server, e.g. http://localhost:11434/v1")
-    parser.add_argument("--model", required=True, metavar="NAME")
-    parser.add_argument("--redis", default=None, metavar="URL",
-                        help="journal in Redis (e.g. redis://127.0.0.1:6379/0); default: memory")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--api-key-env", default=None, metavar="VAR",
-                        help="name of the environment variable holding the upstream API key")
-    parser.add_argument("--abandon-after", type=float, default=10.0, metavar="SECONDS",
-                        help="end followers of a run whose writer is silent this long")
-
-
 async def run_relay(
-    upstream: str,
-    model: str,
+    llm: LLM,
     *,
     redis_url: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8080,
-    api_key: str | None = None,
     abandon_after: float = 10.0,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the relay (the ``relay`` command) on ``host``:``port``: runs go to ``upstream``
-    with ``model``, the journal is Redis at ``redis_url`` or in memory. ``task_status`` gets
-    the base URL once listening.
+    """Run the relay (what the ``relay`` command runs) on ``host``:``port``: runs go to
+    ``llm`` (the caller's, opened and closed by the caller), the journal is Redis at
+    ``redis_url`` or in memory. Prints one line once listening; ``task_status`` gets the base
+    URL then.
 
     SIGINT or SIGTERM: stops gracefully (see :func:`serve_relay`) and returns.
     Cancellation: stops gracefully the same way, then propagates.
     """
-    from ..providers.openai import OpenAILLM
+    if redis_url is None:
+        await _serve_until_signal(MemoryJournal(), llm, "memory", host, port, abandon_after,
+                                  task_status)
+        return
     from ._redis import open_redis_journal
 
-    async with OpenAILLM(model, base_url=upstream, api_key=api_key) as llm:
-        if redis_url is None:
-            await _serve_until_signal(MemoryJournal(), llm, "memory", host, port, abandon_after,
-                                      task_status)
-        else:
-            async with open_redis_journal(redis_url) as journal:
-                await journal.ping()  # fail fast on a wrong URL
-                await _serve_until_signal(journal, llm, f"redis {redis_url}", host, port,
-                                          abandon_after, task_status)
+    async with open_redis_journal(redis_url) as journal:
+        await journal.ping()  # fail fast on a wrong URL
+        await _serve_until_signal(journal, llm, f"redis {redis_url}", host, port,
+                                  abandon_after, task_status)
 
 
 async def _serve_until_signal(
@@ -612,41 +524,3 @@ async def _serve_until_signal(
                 print(f"relay: {signal.Signals(signum).name}, stopping", flush=True)
                 nursery.cancel_scope.cancel()
                 break
-
-
-def run_relay_command(args: argparse.Namespace) -> int:
-    """Run ``python -m trio_llmstream relay`` with parsed ``args``; return the exit code."""
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
-        if not api_key:
-            print(f"error: environment variable {args.api_key_env} is not set", file=sys.stderr)
-            return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        trio.run(
-            lambda: run_relay(
-                args.upstream,
-                args.model,
-                redis_url=args.redis,
-                host=args.host,
-                port=args.port,
-                api_key=api_key,
-                abandon_after=args.abandon_after,
-            )
-        )
-    except (JournalError, OSError, BaseExceptionGroup) as exc:
-        leaf = _first_leaf(exc)
-        if not isinstance(leaf, (JournalError, OSError)):
-            raise
-        print(f"error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc

@@ -46,11 +46,14 @@ __all__ = [
     "KeepAlive",
     "MalformedEvent",
     "MockResponse",
+    "PlanAction",
+    "PlanOp",
     "RawBytes",
     "ResponseLike",
     "ServerFault",
     "Stall",
     "StreamStep",
+    "as_response",
     "chat_chunk",
     "error_response",
     "inject_fault",
@@ -75,15 +78,18 @@ _encode_json = msgspec.json.Encoder().encode
 # Steps
 
 
-class _Special(enum.Enum):
-    # Plan entries that are neither bytes to send nor a delay.
+class PlanAction(enum.Enum):
+    """The entries of a :attr:`MockResponse.plan` that are neither an ASGI message to send nor
+    a delay: what the server does at a :class:`Stall`, a :class:`DropConnection` or an
+    :class:`EndStream`."""
+
     STALL = "stall"
     DROP = "drop"
     END = "end"
 
 
 # One compiled step: a prebuilt ASGI body message, a delay in seconds, or a special action.
-_Op: TypeAlias = "dict[str, Any] | float | _Special"
+PlanOp: TypeAlias = "dict[str, Any] | float | PlanAction"
 
 
 class StreamStep:
@@ -95,7 +101,7 @@ class StreamStep:
 
     __slots__ = ()
 
-    def _compile(self) -> bytes | float | _Special:
+    def _compile(self) -> bytes | float | PlanAction:
         raise NotImplementedError
 
 
@@ -199,8 +205,8 @@ class Stall(StreamStep):
     """Send nothing more and keep the response open until the client disconnects or the server
     stops. Steps after a stall are never played."""
 
-    def _compile(self) -> _Special:
-        return _Special.STALL
+    def _compile(self) -> PlanAction:
+        return PlanAction.STALL
 
 
 @attrs.frozen
@@ -209,8 +215,8 @@ class DropConnection(StreamStep):
     chunked body (with httpx, :class:`httpx.RemoteProtocolError`). Later steps are never
     played."""
 
-    def _compile(self) -> _Special:
-        return _Special.DROP
+    def _compile(self) -> PlanAction:
+        return PlanAction.DROP
 
 
 @attrs.frozen
@@ -221,8 +227,8 @@ class EndStream(StreamStep):
     existing script short (a stream that ends without ``[DONE]`` or a finish reason).
     """
 
-    def _compile(self) -> _Special:
-        return _Special.END
+    def _compile(self) -> PlanAction:
+        return PlanAction.END
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,14 +282,14 @@ class MockResponse:
     json_body: Any = None
     steps: tuple[StreamStep, ...] | None = attrs.field(default=None, converter=_steps_tuple)
     _start: dict[str, Any] = attrs.field(init=False, repr=False)
-    _plan: tuple[_Op, ...] = attrs.field(init=False, repr=False)
+    _plan: tuple[PlanOp, ...] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not 100 <= self.status <= 999:
             raise ValueError(f"HTTP status must be in 100..999, got {self.status}")
         if self.steps is not None and self.json_body is not None:
             raise ValueError("a MockResponse has either steps or a json_body, not both")
-        plan: list[_Op] = []
+        plan: list[PlanOp] = []
         if self.steps is not None:
             defaults: tuple[tuple[str, str], ...] = _SSE_HEADERS
             for step in self.steps:
@@ -293,7 +299,7 @@ class MockResponse:
                         plan.append(_body_message(op, more=True))
                 else:
                     plan.append(op)
-                if op is _Special.STALL or op is _Special.DROP or op is _Special.END:
+                if op is PlanAction.STALL or op is PlanAction.DROP or op is PlanAction.END:
                     break
         else:
             defaults = () if self.json_body is None else _JSON_HEADERS
@@ -322,6 +328,18 @@ class MockResponse:
         return b"".join(op["body"] for op in self._plan if isinstance(op, dict))
 
     @property
+    def start_message(self) -> dict[str, Any]:
+        """The ``http.response.start`` ASGI message (status and headers) the server sends."""
+        return self._start
+
+    @property
+    def plan(self) -> tuple[PlanOp, ...]:
+        """The compiled body, played in order by the server: ``http.response.body`` messages
+        to send, delays in seconds (floats) and :class:`PlanAction` entries. Ends at the first
+        action; the final (``more_body=False``) message is not included."""
+        return self._plan
+
+    @property
     def is_stream(self) -> bool:
         """Whether this response is a server-sent-event stream (it has steps)."""
         return self.steps is not None
@@ -332,7 +350,8 @@ ResponseLike: TypeAlias = "MockResponse | Sequence[StreamStep]"
 stream)."""
 
 
-def _as_response(response: ResponseLike) -> MockResponse:
+def as_response(response: ResponseLike) -> MockResponse:
+    """``response`` as a :class:`MockResponse` (a sequence of steps becomes a 200 stream)."""
     if isinstance(response, MockResponse):
         return response
     if isinstance(response, str | bytes | Mapping):

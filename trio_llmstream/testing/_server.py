@@ -56,8 +56,18 @@ import attrs
 import msgspec
 import trio
 
-from .._util import hypercorn_config, open_owner_nursery
-from ._script import MockResponse, ResponseLike, _as_response, _Special, error_response
+from .._asgi import (
+    BodyTooLarge,
+    Receive,
+    Scope,
+    ScopeSet,
+    Send,
+    hypercorn_config,
+    read_body,
+    watch_disconnect,
+)
+from .._util import open_owner_nursery
+from ._script import MockResponse, PlanAction, ResponseLike, as_response, error_response
 
 if TYPE_CHECKING:
     from hypercorn.config import Config
@@ -175,6 +185,7 @@ class MockLLMServer:
         handler: Handler | None,
         path_prefix: str,
         raise_handler_errors: bool,
+        max_body: int = 64 << 20,
     ) -> None:
         self.handler: Handler | None = handler
         """The dynamic handler (see :data:`Handler`); may be replaced at any time."""
@@ -188,14 +199,14 @@ class MockLLMServer:
         self._prefix = path_prefix.rstrip("/")
         self._chat_path = f"{self._prefix}/chat/completions"
         self._raise_handler_errors = raise_handler_errors
+        self._max_body = max_body
         self._queue: collections.deque[MockResponse] = collections.deque()
         self._enqueued = 0
         self._handler_errors: list[BaseException] = []
-        self._active: set[trio.CancelScope] = set()
-        self._open = 0
-        self._idle = trio.Event()
-        self._idle.set()
-        self._stopping = False
+        # Every HTTP task, from its first receive; and those whose request was recorded and
+        # whose response has not ended (the "open responses").
+        self._active = ScopeSet()
+        self._responses = ScopeSet()
         self._shutdown = trio.Event()
         self._serve_scope: trio.CancelScope | None = None
         self._compiled: dict[int, tuple[ResponseLike, MockResponse]] = {}
@@ -235,7 +246,7 @@ class MockLLMServer:
     @property
     def open_responses(self) -> int:
         """How many requests are being answered right now (body read, response not ended)."""
-        return self._open
+        return len(self._responses)
 
     def enqueue(self, *responses: ResponseLike) -> None:
         """Append scripted responses to the queue.
@@ -258,28 +269,21 @@ class MockLLMServer:
             cached = self._compiled.get(id(response))
             if cached is not None and cached[0] is response:
                 return cached[1]
-            compiled = _as_response(response)
+            compiled = as_response(response)
             self._compiled[id(response)] = (response, compiled)
             return compiled
-        return _as_response(response)
+        return as_response(response)
 
     async def wait_idle(self) -> None:
         """Wait until no response is open (:attr:`open_responses` is 0).
 
         Returns at once if none is. Cancellation: safe at any point; it only stops the waiting.
         """
-        while self._open:
-            await self._idle.wait()
-        await trio.lowlevel.checkpoint()
+        await self._responses.wait_empty()
 
     # -- the ASGI application ------------------------------------------------------------------
 
-    async def _asgi(
-        self,
-        scope: Any,
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
+    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
@@ -293,44 +297,51 @@ class MockLLMServer:
                     return
         # Websockets are not served: returning without accepting makes hypercorn refuse them.
 
-    async def _http(
-        self,
-        scope: Any,
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
-        record: RecordedRequest | None = None
-        playback = _Playback()
-        with trio.CancelScope() as cancel_scope:
-            self._active.add(cancel_scope)
-            if self._stopping:
-                cancel_scope.cancel()
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with self._active.open():
             try:
-                body = await _read_body(receive)
-                if body is None:  # the client left before sending the whole body
-                    return
-                record = self._record(scope, body)
-                self._opened()
+                body = await read_body(receive, self._max_body)
+            except BodyTooLarge as exc:
+                await self._refuse(send, 413, f"mock server: {exc}")
+                return
+            if body is None:  # the client left before sending the whole body
+                return
+            record = self._record(scope, body)
+            await self._answer(record, receive, send)
+
+    async def _answer(self, record: RecordedRequest, receive: Receive, send: Send) -> None:
+        playback = _Playback()
+        with self._responses.open():
+            try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_watch_disconnect, receive, playback, nursery)
+                    nursery.start_soon(watch_disconnect, receive,
+                                       lambda: playback.on_disconnect(nursery.cancel_scope))
                     playback.outcome = await self._respond(record, send, playback)
                     nursery.cancel_scope.cancel()
             finally:
-                self._active.discard(cancel_scope)
-                if record is not None:
-                    # Decided here, not after the nursery: a stop that lands just after the
-                    # last send must not turn a completed response into a cancelled one.
-                    outcome = playback.outcome
-                    if outcome is ResponseOutcome.PENDING:
-                        if playback.disconnected:
-                            outcome = ResponseOutcome.DISCONNECTED
-                        else:
-                            outcome = ResponseOutcome.CANCELLED
-                    record.outcome = outcome
-                    record._done.set()
-                    self._closed()
+                # Decided here, not after the nursery: a stop that lands just after the last
+                # send must not turn a completed response into a cancelled one.
+                outcome = playback.outcome
+                if outcome is ResponseOutcome.PENDING:
+                    if playback.disconnected:
+                        outcome = ResponseOutcome.DISCONNECTED
+                    else:
+                        outcome = ResponseOutcome.CANCELLED
+                record.outcome = outcome
+                record._done.set()
 
-    def _record(self, scope: Any, body: bytes) -> RecordedRequest:
+    async def _refuse(self, send: Send, status: int, message: str) -> None:
+        # A response to a request that is not recorded (its body was too large).
+        _LOGGER.warning("%s", message)
+        response = error_response(status, message, type="mock_server_error")
+        with trio.CancelScope(shield=True):
+            await send(response.start_message)
+            for op in response.plan:
+                if isinstance(op, dict):
+                    await send(op)
+            await send(_END_OF_BODY)
+
+    def _record(self, scope: Scope, body: bytes) -> RecordedRequest:
         headers: dict[str, str] = {}
         for raw_name, raw_value in scope["headers"]:
             name = raw_name.decode("latin-1").lower()
@@ -355,7 +366,7 @@ class MockLLMServer:
     async def _respond(
         self,
         record: RecordedRequest,
-        send: Callable[[Any], Awaitable[None]],
+        send: Send,
         playback: _Playback,
     ) -> ResponseOutcome:
         response = await self._choose(record)
@@ -367,18 +378,18 @@ class MockLLMServer:
         # to send a second response head. A cancellation inside a body send is harmless: we
         # return, and hypercorn closes the connection mid-body, as for a drop.
         with trio.CancelScope(shield=True):
-            await send(response._start)
-        for op in response._plan:
+            await send(response.start_message)
+        for op in response.plan:
             if isinstance(op, dict):
                 await send(op)
             elif isinstance(op, float):
                 await trio.sleep(op)
-            elif op is _Special.STALL:
+            elif op is PlanAction.STALL:
                 await trio.sleep_forever()
-            elif op is _Special.DROP:
+            elif op is PlanAction.DROP:
                 # Returning before the final body message: hypercorn closes the connection.
                 return ResponseOutcome.DROPPED
-            else:  # _Special.END
+            else:  # PlanAction.END
                 break
         # Sending the last body message makes hypercorn deliver http.disconnect to us while the
         # send is still running; that one is the normal end, not the client leaving.
@@ -413,16 +424,6 @@ class MockLLMServer:
         record.error = f"no route for {record.method} {record.path}"
         return error_response(404, f"mock server: {record.error}", type="not_found_error")
 
-    def _opened(self) -> None:
-        if self._open == 0:
-            self._idle = trio.Event()
-        self._open += 1
-
-    def _closed(self) -> None:
-        self._open -= 1
-        if self._open == 0:
-            self._idle.set()
-
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def _serve(
@@ -435,8 +436,12 @@ class MockLLMServer:
         from hypercorn.trio import serve
 
         async def started(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            # Our ASGI types are plain dicts (see _asgi), hypercorn's are TypedDicts.
             await serve(
-                self._asgi, config, shutdown_trigger=self._shutdown.wait, task_status=task_status
+                self._asgi,  # type: ignore[arg-type]
+                config,
+                shutdown_trigger=self._shutdown.wait,
+                task_status=task_status,
             )
 
         # Shielded: the caller's cancellation must not cut hypercorn's shutdown short (see the
@@ -459,9 +464,7 @@ class MockLLMServer:
         self.port = int(port)
 
     def _begin_stop(self, stop_timeout: float) -> None:
-        self._stopping = True
-        for scope in list(self._active):
-            scope.cancel()
+        self._active.close()
         self._shutdown.set()
         if self._serve_scope is not None:
             self._serve_scope.deadline = min(
@@ -470,17 +473,6 @@ class MockLLMServer:
 
 
 _END_OF_BODY: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
-
-
-async def _read_body(receive: Callable[[], Awaitable[Any]]) -> bytes | None:
-    parts: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
 
 
 class _Playback:
@@ -492,18 +484,12 @@ class _Playback:
         self.finishing = False
         self.disconnected = False
 
-
-async def _watch_disconnect(
-    receive: Callable[[], Awaitable[Any]], playback: _Playback, nursery: trio.Nursery
-) -> None:
-    # After the request body, the only message left to receive is http.disconnect.
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if not playback.finishing:
-                playback.disconnected = True
-                nursery.cancel_scope.cancel()
-            return
+    def on_disconnect(self, playing: trio.CancelScope) -> None:
+        # Sending the last body message makes hypercorn deliver http.disconnect while that
+        # send runs: then it is the normal end, not the client leaving.
+        if not self.finishing:
+            self.disconnected = True
+            playing.cancel()
 
 
 def _make_config(host: str, port: int, stop_timeout: float, backlog: int) -> Config:
@@ -525,6 +511,7 @@ async def open_mock_server(
     raise_handler_errors: bool = True,
     stop_timeout: float = 5.0,
     backlog: int = 4096,
+    max_body: int = 64 << 20,
 ) -> AsyncIterator[MockLLMServer]:
     """Run a loopback mock OpenAI-compatible server for the duration of the block.
 
@@ -545,7 +532,8 @@ async def open_mock_server(
     caller is cancelled while inside the block, leaving it still shuts the server down cleanly
     (shielded, bounded by ``stop_timeout`` seconds) before the cancellation propagates.
     ``backlog`` is the listen queue length (large, for benchmarks that open many connections at
-    once).
+    once). A request body larger than ``max_body`` bytes is answered 413 and not recorded
+    (the server holds at most that much of it).
 
     Use it with real time, not an autojump clock: the clock would jump over waits for socket
     I/O. Under load, a trio listener accepts one connection per scheduler pass, so a thousand
@@ -554,7 +542,10 @@ async def open_mock_server(
     """
     config = _make_config(host, port, stop_timeout, backlog)
     server = MockLLMServer(
-        handler=handler, path_prefix=path_prefix, raise_handler_errors=raise_handler_errors
+        handler=handler,
+        path_prefix=path_prefix,
+        raise_handler_errors=raise_handler_errors,
+        max_body=max_body,
     )
     server.enqueue(*responses)
     async with open_owner_nursery(lambda _: server._begin_stop(stop_timeout)) as nursery:
