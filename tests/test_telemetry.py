@@ -57,7 +57,7 @@ from trio_llmstream._telemetry import (
     describe_llm,
     open_stream_telemetry,
 )
-from trio_llmstream._tools import ToolOutcome, ToolOutcomeKind
+from trio_llmstream import ToolOutcome, ToolOutcomeKind
 from trio_llmstream.providers.openai import OpenAILLM
 
 KEY = "sk-test-5f3c9a1be7d24c08a6e1"

@@ -24,7 +24,7 @@ from trio_llmstream._models import (
     AttemptMetrics, ChatContext, ChatRequest, CompletionUsage, FunctionCall, LLMMetrics,
     StreamStatus,
 )
-from trio_llmstream._tools import ToolOutcome, ToolOutcomeKind
+from trio_llmstream import ToolOutcome, ToolOutcomeKind
 from trio_llmstream._telemetry import open_stream_telemetry
 
 class LLM:
