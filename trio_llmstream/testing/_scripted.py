@@ -9,6 +9,9 @@ the times are exact instead: batch ``j`` is sent at ``start + (j + 1) * delay`` 
 comes at ``start + (batches + 1) * delay`` (``trio.sleep_until``; at once if backpressure made
 the attempt late), so that, with limits that are the same multiples of ``delay`` (say 0.25 and
 0.75), a batch arrives at the very instant a time limit fires, in the same scheduler batch.
+Each such wait behaves like a socket read that completes at that instant: if a cancellation
+lands at that same instant, the batch is still handed to the emitter (where the cancellation
+then lands), as for a real read woken with data in the scheduler batch of the cancellation.
 
 Keying the script by attempt number (not by call order) keeps it deterministic when many
 streams share one ``ScriptedLLM`` concurrently.
@@ -130,7 +133,17 @@ class ScriptedLLM(LLM):
             if not plan.delay:
                 return
             if plan.aligned:
-                await trio.sleep_until(start + step * plan.delay)
+                due = start + step * plan.delay
+                if trio.current_time() >= due:  # late (backpressure): an ordinary checkpoint
+                    await trio.lowlevel.checkpoint()
+                    return
+                try:
+                    await trio.sleep_until(due)
+                except trio.Cancelled:
+                    if trio.current_time() < due:
+                        raise
+                    # The read completed at the instant the cancellation landed: go on and
+                    # hand over what it read; the next checkpoint raises Cancelled again.
             else:
                 await trio.sleep(plan.delay)
 
