@@ -69,8 +69,11 @@ class Timed(LLM):
         await trio.lowlevel.checkpoint()
 
 
+DEFAULTS = APIConnectOptions()
+
+
 async def run(
-    llm: LLM, options: APIConnectOptions = APIConnectOptions(), *, consumer_delay: float = 0.0,
+    llm: LLM, options: APIConnectOptions = DEFAULTS, *, consumer_delay: float = 0.0,
     buffer_size: int = 16,
 ) -> tuple[str, BaseException | None, StreamStatus, LLMMetrics | None, float]:
     received: list[str] = []
@@ -121,7 +124,8 @@ async def test_keep_alive_only_server_fails_by_first_event(
     assert isinstance(error, APITimeoutError)
     assert (error.limit, error.seconds) == ("first_event", 900.0)
     assert (text, status, elapsed) == ("", StreamStatus.FAILED, 900.0)
-    assert metrics is not None and metrics.attempts[0].error is error
+    assert metrics is not None
+    assert metrics.attempts[0].error is error
 
 
 async def test_keep_alive_after_the_first_event_fails_by_idle(
@@ -144,7 +148,8 @@ async def test_keep_alive_after_the_first_event_fails_by_idle(
     llm = Timed([(5.0, ANSWER[:2])], then_silent=True)
     text, error, status, _, elapsed = await run(llm, NO_RETRY)
     assert isinstance(error, StreamInterrupted)
-    assert isinstance(error.cause, APITimeoutError) and error.cause.limit == "idle"
+    assert isinstance(error.cause, APITimeoutError)
+    assert error.cause.limit == "idle"
     assert (text, elapsed) == ("slow ", 905.0)
 
 
@@ -223,7 +228,9 @@ def test_timeout_number_keeps_livekit_meaning_and_defaults_are_documented() -> N
 # -- item 6: Retry-After above the cap -----------------------------------------------------------
 
 
-async def test_retry_after_above_the_cap_gives_up_at_once(autojump_clock: trio.abc.Clock) -> None:
+async def test_retry_after_above_the_cap_gives_up_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     # Issue 10, item 6: four requests 30 s apart, then RetriesExhaustedError after 90 s.
     quota = APIStatusError("slow down", status_code=429, retry_after=600)
     llm = ScriptedLLM([ScriptedAttempt(fault=Fault(FaultKind.ERROR, 0, quota))])
@@ -231,7 +238,8 @@ async def test_retry_after_above_the_cap_gives_up_at_once(autojump_clock: trio.a
     assert isinstance(error, APIStatusError)
     assert error.retry_after == 600  # the caller can reschedule
     assert (status, elapsed, len(llm.calls)) == (StreamStatus.FAILED, 0.0, 1)
-    assert metrics is not None and metrics.attempts[0].backoff == 0
+    assert metrics is not None
+    assert metrics.attempts[0].backoff == 0
     # Within the cap it is honoured exactly.
     soon = APIStatusError("slow down", status_code=429, retry_after=12)
     llm = ScriptedLLM(
@@ -251,7 +259,8 @@ async def test_truncated_before_any_output_is_truncated_not_failed(
     _, error, status, metrics, _ = await run(ScriptedLLM([cut]), NO_RETRY)
     assert isinstance(error, StreamTruncatedError)
     assert status is StreamStatus.TRUNCATED
-    assert metrics is not None and metrics.status is StreamStatus.TRUNCATED
+    assert metrics is not None
+    assert metrics.status is StreamStatus.TRUNCATED
     # Retries ran out, the last attempt truncated: truncated too; the error says retries ran
     # out, with the truncation as its last cause.
     _, error, status, _, _ = await run(
@@ -279,7 +288,8 @@ async def test_leaving_after_the_end_arrived_but_before_seeing_it_is_cancelled(
     async with open_llm_stream(llm, chat_ctx=ctx(), on_metrics=seen.append) as stream:
         got = [await anext(stream) for _ in range(len(ANSWER))]  # every chunk, not the end
         await trio.sleep(1)  # [DONE] has long arrived: the attempts are over
-        assert stream._pipe.closed and stream._pipe.pending == 0
+        assert stream._pipe.closed
+        assert stream._pipe.pending == 0
         assert stream.status is StreamStatus.RUNNING  # the end is not received yet
         assert seen == []
         if leave == "aclose":
@@ -316,7 +326,7 @@ async def test_receiving_the_end_settles_the_status(autojump_clock: trio.abc.Clo
     assert stream.status is StreamStatus.FAILED
 
 
-# -- cancellation between a hand-off and its bookkeeping --------------------------------------------
+# -- cancellation between a hand-off and its bookkeeping -----------------------------------------
 
 
 async def test_a_call_taken_as_the_consumer_leaves_is_cancelled_with_the_stream(

@@ -4,8 +4,9 @@ The names ``max_retry``, ``retry_interval`` and ``timeout`` are livekit-agents' 
 feel at home. What livekit cannot express lives in ``timeouts``: separate limits for connecting,
 for the first data event, for the first *visible* output, and for the idle gap between data
 events, and these may change per attempt
-(``timeouts=lambda attempt: Timeouts(first_token=0.5 * 2**attempt)``) without any mutable state. An overall deadline is the caller's ``trio.fail_after`` around the block; the
-backoff sleeps respect it.
+(``timeouts=lambda attempt: Timeouts(first_token=0.5 * 2**attempt)``) without any mutable state.
+An overall deadline is the caller's ``trio.fail_after`` around the block; the backoff sleeps
+respect it.
 """
 
 from __future__ import annotations
