@@ -16,9 +16,12 @@ Structure. ``open_llm_stream`` opens one nursery in the caller's task and runs i
 
 Commit point. An attempt commits when the consumer has *received* visible output. Until then
 every hand-off is exact: it returns only once the consumer has taken the batch, and a cancelled
-one takes its chunks back. Before the commit, non-visible chunks (role, usage, finish) are held
-back by the emitter and sent together with the first visible chunk (or at the attempt's
-successful end), so a failed uncommitted attempt leaves no trace in what the consumer saw, and
+one takes its chunks back. Whether the consumer took a batch is read from the pipe, never
+inferred from how the hand-off ended: a time limit can cancel the attempt in the very scheduler
+batch in which the consumer takes its first visible chunks, and then the attempt is committed
+(and interrupted), never retried, so no chunk is ever delivered twice. Before the commit,
+non-visible chunks (role, usage, finish) are held back by the emitter and sent together with
+the first visible chunk (or at the attempt's successful end), so a failed uncommitted attempt leaves no trace in what the consumer saw, and
 the consumer receives exactly the chunks of the attempt that succeeded or committed.
 
 Batching. A trio channel operation costs a scheduling round (about 3 µs), more than parsing a
@@ -29,13 +32,21 @@ one hand-off per socket read, and at most ``buffer_size`` chunks wait (backpress
 Before the commit point every hand-off waits until the consumer has taken it, which keeps the
 commit point exact.
 
-Timeouts. ``first_token`` and ``idle`` are enforced here, not by providers. Moving a cancel
-scope's deadline on every chunk would cost more than the rest of the per-chunk work, so the
-emitter only records the time of the last data, and the supervisor sleeps until the nearest
-limit as it stood, re-checks (data may have arrived since) and either sleeps again or cancels
-the attempt's scope, recording which limit fired. While the emitter waits for the consumer the
-idle clock is stopped: backpressure never counts as the server being slow. A fired limit fails
-the attempt with ``APITimeoutError`` naming it.
+Timeouts. ``first_event``, ``idle`` and ``first_token`` are enforced here, not by providers,
+and they measure progress: a call of the emitter's ``send`` (one per read that completed a data
+event; see ``ChunkEmitter``). Moving a cancel scope's deadline on every chunk would cost more
+than the rest of the per-chunk work, so the emitter only records the time of the last send, and
+the supervisor sleeps until the nearest limit as it stood, re-checks (a send may have come
+since) and either sleeps again or cancels the attempt's scope, recording which limit fired.
+While the emitter waits for the consumer no limit runs and the idle clock restarts when the
+wait ends: backpressure never counts as the server being slow. A fired limit fails the attempt
+with ``APITimeoutError`` naming it.
+
+Endings. The attempt loop decides how the attempts ended; the stream's status is settled by the
+consumer: COMPLETED, TRUNCATED or FAILED once it has received the end (iteration ended or
+raised the stream's error), CANCELLED if it left before (``break``, an exception, outside
+cancellation, ``aclose()``), even when the end had already arrived. Metrics are delivered once
+the status is settled.
 """
 
 from __future__ import annotations
@@ -420,6 +431,20 @@ class LLMStream:
     stream's error, if any, is raised once from iteration as one typed exception, after every
     chunk delivered before it. After iteration: ``collect()``, ``function_calls``, ``metrics``,
     ``status``.
+
+    Status, exactly one per stream, settled by what the consumer received:
+
+    - ``COMPLETED``: the response ended properly and the consumer's iteration reached the end;
+    - ``TRUNCATED``: the last attempt's response ended without ``[DONE]`` or a finish reason,
+      and the consumer received the error: ``StreamTruncatedError`` (nothing was delivered and
+      no retry was left), ``RetriesExhaustedError`` (retries ran out, the last one truncated)
+      or ``StreamInterrupted`` (after output);
+    - ``FAILED``: another error ended the stream and the consumer received it;
+    - ``CANCELLED``: the consumer left before receiving the end, by ``break``, an exception,
+      outside cancellation or ``aclose()``, even if the response had fully arrived (then
+      ``error`` is None; each attempt's own error stays in ``metrics.attempts``).
+
+    Until then ``status`` is ``RUNNING`` and ``metrics`` is None.
     """
 
     def __init__(
@@ -523,6 +548,7 @@ class LLMStream:
     async def aclose(self) -> None:
         """Stop the stream now: cancel the attempt and tool calls; metrics are delivered.
 
+        The stream is ``CANCELLED`` unless the consumer had already received its end.
         Idempotent. Waits (briefly) for the stream's tasks to wind down; cancelling this wait
         leaves the block's exit to finish the job.
         """
@@ -531,7 +557,8 @@ class LLMStream:
 
     @property
     def status(self) -> StreamStatus:
-        """``RUNNING`` until the stream ends, then its one terminal status."""
+        """``RUNNING`` until the stream's ending is settled, then its one terminal status (see
+        the class docstring: the consumer must receive the end, or it is ``CANCELLED``)."""
         return self._status
 
     @property
@@ -943,8 +970,9 @@ async def open_llm_stream(
     backoff jitter (for tests).
 
     Cancellation: leaving the block by ``break``, exception or outside cancellation cancels
-    the request and tool calls and records the stream as cancelled; an exception from the
-    block propagates as itself, never wrapped in an ExceptionGroup.
+    the request and tool calls and records the stream as cancelled, unless the consumer had
+    already received the end (its iteration ended or raised the stream's error); an
+    exception from the block propagates as itself, never wrapped in an ExceptionGroup.
     """
     if buffer_size < 0:
         raise ValueError("buffer_size must be >= 0")
