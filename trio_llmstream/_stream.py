@@ -21,8 +21,9 @@ inferred from how the hand-off ended: a time limit can cancel the attempt in the
 batch in which the consumer takes its first visible chunks, and then the attempt is committed
 (and interrupted), never retried, so no chunk is ever delivered twice. Before the commit,
 non-visible chunks (role, usage, finish) are held back by the emitter and sent together with
-the first visible chunk (or at the attempt's successful end), so a failed uncommitted attempt leaves no trace in what the consumer saw, and
-the consumer receives exactly the chunks of the attempt that succeeded or committed.
+the first visible chunk (or at the attempt's successful end), so a failed uncommitted attempt
+leaves no trace in what the consumer saw, and the consumer receives exactly the chunks of the
+attempt that succeeded or committed.
 
 Batching. A trio channel operation costs a scheduling round (about 3 µs), more than parsing a
 chunk, and servers flush one event per HTTP chunk. So attempts hand chunks over through a
