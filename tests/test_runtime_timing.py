@@ -6,6 +6,7 @@ The providers here are written against the public ``LLM`` / ``ChunkEmitter`` int
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 
@@ -28,7 +29,7 @@ from trio_llmstream import (
     Timeouts,
     open_llm_stream,
 )
-from trio_llmstream.testing import text_chunks
+from trio_llmstream.testing import ScriptedAttempt, ScriptedLLM, text_chunks
 
 
 def ctx() -> ChatContext:
@@ -173,3 +174,48 @@ def test_a_chunk_delivered_at_the_limit_instant_is_never_repeated(limit: str) ->
     # (taken back, retried; every attempt lost the race here, so retries ran out).
     assert counts["interrupted"] > 0, counts
     assert counts["exhausted"] > 0, counts
+
+
+def test_an_output_less_response_ending_at_the_limit_is_never_repeated() -> None:
+    # The same race at the attempt's end: a response without visible output (role, finish)
+    # completes at the first-token instant; its held chunks are handed over in finish(), and
+    # the limit's cancellation can land on that hand-off after the consumer took them. They
+    # were delivered: the attempt succeeded, and must not be retried (which would deliver a
+    # second role and finish chunk). Without the fix (attempt success = the provider returned
+    # and the consumer took everything), 59 of these 200 seeds delivered the role and finish
+    # chunks twice, and 3 delivered them and then failed.
+    chunks = text_chunks([], request_id="r")  # role + finish
+    plan = [ScriptedAttempt(chunks, delay=0.5, aligned=True)]  # ends at 1.0
+    options = APIConnectOptions(
+        max_retry=3, retry_interval=0.1, timeouts=Timeouts(first_token=1.0)
+    )
+    endings: dict[str, int] = {}
+    for seed in range(200):
+        seed_scheduler(seed)
+        got: list[tuple[list[ChatChunk], StreamStatus, int]] = []
+
+        async def main() -> None:
+            llm = ScriptedLLM(plan)
+            received: list[ChatChunk] = []
+            async with open_llm_stream(  # noqa: B023
+                llm, chat_ctx=ctx(), conn_options=options, rng=random.Random(0)
+            ) as stream:
+                with contextlib.suppress(RetriesExhaustedError):
+                    async for chunk in stream:
+                        received.append(chunk)
+            got.append((received, stream.status, len(llm.calls)))  # noqa: B023
+
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        received, status, attempts = got[0]
+        assert [id(c) for c in received] in ([], [id(c) for c in chunks]), (seed, received)
+        if received:
+            assert status is StreamStatus.COMPLETED
+            key = f"completed after {attempts}"
+        else:
+            assert status is StreamStatus.FAILED
+            key = "exhausted"
+        endings[key] = endings.get(key, 0) + 1
+    # The endings of the race were reached: success on the first attempt, and a success
+    # on a later one after the limit won (nothing of the first attempt delivered).
+    assert "completed after 1" in endings, endings
+    assert any(k != "completed after 1" and k != "exhausted" for k in endings), endings

@@ -8,7 +8,8 @@ ends with its fault, if any, after ``fault.after`` chunks — or completes. With
 the times are exact instead: batch ``j`` is sent at ``start + (j + 1) * delay`` and the fault
 comes at ``start + (batches + 1) * delay`` (``trio.sleep_until``; at once if backpressure made
 the attempt late), so that, with limits that are the same multiples of ``delay`` (say 0.25 and
-0.75), a batch arrives at the very instant a time limit fires, in the same scheduler batch.
+0.75), a batch arrives at the very instant a time limit fires, in the same scheduler batch;
+the attempt ends with its last batch, without another read.
 Each such wait behaves like a socket read that completes at that instant: if a cancellation
 lands at that same instant, the batch is still handed to the emitter (where the cancellation
 then lands), as for a real read woken with data in the scheduler batch of the cancellation.
@@ -161,9 +162,12 @@ class ScriptedLLM(LLM):
                     await trio.sleep_forever()
                 else:
                     raise exc
-            else:
+            elif not plan.aligned:
                 # Yield once, as a real read would, so cancellation can land at the end too.
                 await trio.lowlevel.checkpoint()
+            # (Aligned: the read that carried the last batch carried the end too, so the
+            # attempt returns at that very instant and the emitter's final hand-off is where
+            # a limit firing in the same scheduler batch lands.)
         except trio.Cancelled:
             self.cancelled += 1
             raise
