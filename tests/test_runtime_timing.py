@@ -197,7 +197,7 @@ def test_an_output_less_response_ending_at_the_limit_is_never_repeated() -> None
         async def main() -> None:
             llm = ScriptedLLM(plan)
             received: list[ChatChunk] = []
-            async with open_llm_stream(  # noqa: B023
+            async with open_llm_stream(
                 llm, chat_ctx=ctx(), conn_options=options, rng=random.Random(0)
             ) as stream:
                 with contextlib.suppress(RetriesExhaustedError):
