@@ -33,6 +33,7 @@ from trio_llmstream import (
     RetriesExhaustedError,
     StreamInterrupted,
     StreamStatus,
+    StreamTruncatedError,
     Timeouts,
     open_llm_stream,
 )
@@ -379,7 +380,12 @@ def check_one(
         # The caller's deadline may also make the stream give up on a retry it has no time
         # left for: failed, with the attempt's own error, before the deadline; or the stream
         # may have ended and been received before the deadline.
-        assert run.status in (StreamStatus.CANCELLED, StreamStatus.FAILED, expected.status)
+        if run.status not in (StreamStatus.CANCELLED, expected.status):
+            # Gave up for the deadline: the status names how the last attempt ended.
+            assert run.error is not None
+            cut = (run.error, run.error.__cause__)
+            truncated = any(isinstance(e, StreamTruncatedError) for e in cut)
+            assert run.status is (StreamStatus.TRUNCATED if truncated else StreamStatus.FAILED)
     else:
         # The break rule: the consumer left before receiving the end, so the stream is
         # cancelled, even if every chunk (and the end) had arrived already.
