@@ -64,7 +64,10 @@ def test_timeouts_validated_and_per_attempt() -> None:
         Timeouts(idle=0)
     options = APIConnectOptions(timeouts=lambda a: Timeouts(first_token=0.5 * 2**a))
     assert [options.timeouts_for(a).first_token for a in range(3)] == [0.5, 1.0, 2.0]
-    assert APIConnectOptions(timeout=3).timeouts_for(0) == Timeouts(connect=3, idle=3)
+    assert APIConnectOptions(timeout=3).timeouts_for(0) == Timeouts(
+        connect=3, first_event=3, idle=3
+    )
+    assert APIConnectOptions().timeouts_for(0) == Timeouts()
     bad = APIConnectOptions(timeouts=lambda a: 5)  # type: ignore[arg-type,return-value]
     with pytest.raises(TypeError, match="expected a Timeouts"):
         bad.timeouts_for(0)

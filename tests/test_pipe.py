@@ -90,3 +90,46 @@ async def test_waiting_consumer_is_woken_by_put_and_close() -> None:
 def test_negative_limit_rejected() -> None:
     with pytest.raises(ValueError, match="limit"):
         Pipe(-1)
+
+
+async def test_taken_is_a_fact_whatever_ended_the_wait() -> None:
+    # The producer's wait is cancelled and, before it runs again, the consumer takes the
+    # batch (both in one scheduler batch): the wait raises Cancelled, the items are not taken
+    # back, and the pipe says they were taken. The emitter commits on this fact, not on how
+    # its wait ended.
+    pipe: Pipe[int] = Pipe(0)
+    caught: list[bool] = []
+    position = pipe.put_nowait([1, 2])
+
+    async def producer(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await pipe.wait_taken(take_back=0)
+        caught.append(scope.cancelled_caught)
+
+    async with trio.open_nursery() as nursery:
+        scope = await nursery.start(producer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not pipe.taken(position)
+        scope.cancel()  # the producer's wait is aborted...
+        assert await pipe.get() == [1, 2]  # ...and the consumer takes the batch before it runs
+    assert caught == [True]
+    assert pipe.taken(position)
+    assert pipe.pending == 0
+
+
+async def test_taken_back_items_were_never_taken() -> None:
+    pipe: Pipe[int] = Pipe(0)
+    first = pipe.put_nowait([1])
+    assert await pipe.get() == [1]
+    assert pipe.taken(first)
+    second = pipe.put_nowait([2, 3])
+    with trio.move_on_after(0):
+        await pipe.wait_taken(take_back=0)
+    assert pipe.pending == 0
+    assert not pipe.taken(second)
+    third = pipe.put_nowait([4])
+    assert third == second - 1  # positions count delivered items only
+    assert await pipe.get() == [4]
+    assert pipe.taken(third)
+    assert pipe.taken(first)

@@ -49,7 +49,7 @@ __all__ = [
     "TimeoutLimit",
 ]
 
-TimeoutLimit = Literal["connect", "first_token", "idle"]
+TimeoutLimit = Literal["connect", "headers", "first_event", "first_token", "idle"]
 
 
 class LLMStreamError(Exception):
@@ -86,9 +86,14 @@ class APITimeoutError(APIConnectionError):
     """A time limit of one attempt fired. ``limit`` names it. Retryable.
 
     - ``"connect"``: establishing the connection took too long;
+    - ``"headers"``: the response headers did not arrive in time (from the attempt's start);
+    - ``"first_event"``: no complete data event arrived in time (from the attempt's start);
+      keep-alive comments and partial lines are not progress;
     - ``"first_token"``: no visible output (text, reasoning or a complete tool call) arrived in
       time; role-only chunks and keep-alives do not count;
-    - ``"idle"``: the gap between two chunks from the server was too long.
+    - ``"idle"``: after the first data event, too long passed without another one.
+
+    See ``Timeouts`` for what each measures exactly.
     """
 
     retryable = True

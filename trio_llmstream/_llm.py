@@ -33,8 +33,10 @@ MetricsCallback = Callable[[LLMMetrics], object]
 class AttemptInfo:
     """One attempt: its 0-based ``number`` and the ``timeouts`` that apply to it.
 
-    Providers enforce ``timeouts.connect`` in their transport; the runtime enforces
-    ``first_token`` and ``idle``.
+    Providers enforce ``timeouts.connect`` and ``timeouts.headers`` (from the attempt's start
+    to the response headers) in their transport, raising ``APITimeoutError`` naming the limit;
+    the runtime enforces ``first_event``, ``idle`` and ``first_token`` from the provider's
+    calls to ``ChunkEmitter.send``.
     """
 
     number: int
@@ -42,16 +44,28 @@ class AttemptInfo:
 
 
 class ChunkEmitter(Protocol):
-    """How an attempt hands output to the runtime. It cannot close anything."""
+    """How an attempt hands output to the runtime. It cannot close anything.
+
+    A call to :meth:`send` is the attempt's *progress*, what the time limits measure: the
+    first call stops the ``first_event`` clock, each call restarts the ``idle`` clock.
+    """
 
     async def send(self, chunks: Sequence[ChatChunk]) -> None:
         """Hand over the chunks decoded from one read of the response body.
 
-        Call it once per read that carried data, even when the data produced no chunk yet (a
-        fragment of tool-call arguments): every call resets the idle clock. A read that only
-        held keep-alive comments should not be reported. Blocks while the consumer is slow
-        (backpressure); that wait never counts against a time limit. Cancellation: may be
-        cancelled (the stream is leaving); the chunks are then not delivered.
+        The contract: call it once per read that completed at least one data-carrying
+        server-sent event, with the chunks decoded from that read, even when there are none
+        yet (an event holding a fragment of tool-call arguments is progress too). Never call
+        it for a read that completed no data event: keep-alive comments, blank lines and a
+        line still incomplete at the end of the read are not progress, and a server that
+        sends only those must be failed by ``first_event`` or ``idle``. (The OpenAI parser's
+        ``progress`` counter tells the two kinds of read apart.)
+
+        Blocks while the consumer is slow (backpressure); that wait never counts against a
+        time limit. Cancellation: may be cancelled (a time limit fired, or the stream is
+        leaving). Chunks the consumer took before the cancellation landed are delivered
+        (and, if visible, commit the attempt, which is then never retried); the others are
+        not delivered.
         """
         ...
 

@@ -19,6 +19,13 @@ Two kinds of put keep the runtime's guarantees:
   consumer; past that the producer waits until the consumer has drained the pipe
   (backpressure, and bounded memory). ``limit=0`` makes every put exact.
 
+Whether the consumer took a batch is a fact the pipe records: every item has a position (the
+count of items put before it), ``put_nowait`` returns the position just past its items and
+:meth:`taken` says whether the consumer has taken everything up to a position. A producer that
+is cancelled while waiting asks the pipe rather than inferring it from how its wait ended: in
+the scheduler batch in which a cancellation lands, the consumer may already have taken the
+chunks, and then they are delivered however the wait ended.
+
 One producer and one consumer at a time; the producer closes the pipe once, when it is done.
 """
 
@@ -37,13 +44,15 @@ T = TypeVar("T")
 class Pipe(Generic[T]):
     """A bounded single-producer, single-consumer pipe of items taken in batches."""
 
-    __slots__ = ("_closed", "_consumer", "_items", "_producer", "limit")
+    __slots__ = ("_closed", "_consumer", "_items", "_producer", "_put", "_taken", "limit")
 
     def __init__(self, limit: int) -> None:
         if limit < 0:
             raise ValueError("limit must be >= 0")
         self.limit = limit
         self._items: list[T] = []
+        self._put = 0  # items ever put, net of items taken back
+        self._taken = 0  # items ever taken by the consumer
         self._closed = False
         self._consumer = trio.lowlevel.ParkingLot()
         self._producer = trio.lowlevel.ParkingLot()
@@ -57,13 +66,26 @@ class Pipe(Generic[T]):
         """Items put and not yet taken."""
         return len(self._items)
 
-    def put_nowait(self, items: Sequence[T]) -> None:
-        """Append ``items`` and wake the consumer if it waits. Never blocks."""
+    def put_nowait(self, items: Sequence[T]) -> int:
+        """Append ``items`` and wake the consumer if it waits. Never blocks.
+
+        Returns the position just past ``items``, for :meth:`taken`.
+        """
         if self._closed:
             raise trio.ClosedResourceError("the pipe is closed")
         self._items.extend(items)
+        self._put += len(items)
         if self._consumer:
             self._consumer.unpark_all()
+        return self._put
+
+    def taken(self, position: int) -> bool:
+        """Whether the consumer has taken every item before ``position`` (from ``put_nowait``).
+
+        Exact whatever happened to the producer: items taken back were never taken, and the
+        consumer takes everything pending at once, so a batch is taken whole or not at all.
+        """
+        return self._taken >= position
 
     @property
     def over_limit(self) -> bool:
@@ -82,6 +104,7 @@ class Pipe(Generic[T]):
                 await self._producer.park()
         except BaseException:
             if take_back is not None and self._items is items:
+                self._put -= len(items) - take_back
                 del items[take_back:]
             raise
 
@@ -103,6 +126,7 @@ class Pipe(Generic[T]):
             await self._consumer.park()
         items = self._items
         self._items = []
+        self._taken += len(items)
         if self._producer:
             self._producer.unpark_all()
         return items

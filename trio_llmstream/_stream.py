@@ -16,10 +16,14 @@ Structure. ``open_llm_stream`` opens one nursery in the caller's task and runs i
 
 Commit point. An attempt commits when the consumer has *received* visible output. Until then
 every hand-off is exact: it returns only once the consumer has taken the batch, and a cancelled
-one takes its chunks back. Before the commit, non-visible chunks (role, usage, finish) are held
-back by the emitter and sent together with the first visible chunk (or at the attempt's
-successful end), so a failed uncommitted attempt leaves no trace in what the consumer saw, and
-the consumer receives exactly the chunks of the attempt that succeeded or committed.
+one takes its chunks back. Whether the consumer took a batch is read from the pipe, never
+inferred from how the hand-off ended: a time limit can cancel the attempt in the very scheduler
+batch in which the consumer takes its first visible chunks, and then the attempt is committed
+(and interrupted), never retried, so no chunk is ever delivered twice. Before the commit,
+non-visible chunks (role, usage, finish) are held back by the emitter and sent together with
+the first visible chunk (or at the attempt's successful end), so a failed uncommitted attempt
+leaves no trace in what the consumer saw, and the consumer receives exactly the chunks of the
+attempt that succeeded or committed.
 
 Batching. A trio channel operation costs a scheduling round (about 3 µs), more than parsing a
 chunk, and servers flush one event per HTTP chunk. So attempts hand chunks over through a
@@ -29,13 +33,21 @@ one hand-off per socket read, and at most ``buffer_size`` chunks wait (backpress
 Before the commit point every hand-off waits until the consumer has taken it, which keeps the
 commit point exact.
 
-Timeouts. ``first_token`` and ``idle`` are enforced here, not by providers. Moving a cancel
-scope's deadline on every chunk would cost more than the rest of the per-chunk work, so the
-emitter only records the time of the last data, and the supervisor sleeps until the nearest
-limit as it stood, re-checks (data may have arrived since) and either sleeps again or cancels
-the attempt's scope, recording which limit fired. While the emitter waits for the consumer the
-idle clock is stopped: backpressure never counts as the server being slow. A fired limit fails
-the attempt with ``APITimeoutError`` naming it.
+Timeouts. ``first_event``, ``idle`` and ``first_token`` are enforced here, not by providers,
+and they measure progress: a call of the emitter's ``send`` (one per read that completed a data
+event; see ``ChunkEmitter``). Moving a cancel scope's deadline on every chunk would cost more
+than the rest of the per-chunk work, so the emitter only records the time of the last send, and
+the supervisor sleeps until the nearest limit as it stood, re-checks (a send may have come
+since) and either sleeps again or cancels the attempt's scope, recording which limit fired.
+While the emitter waits for the consumer no limit runs and the idle clock restarts when the
+wait ends: backpressure never counts as the server being slow. A fired limit fails the attempt
+with ``APITimeoutError`` naming it.
+
+Endings. The attempt loop decides how the attempts ended; the stream's status is settled by the
+consumer: COMPLETED, TRUNCATED or FAILED once it has received the end (iteration ended or
+raised the stream's error), CANCELLED if it left before (``break``, an exception, outside
+cancellation, ``aclose()``), even when the end had already arrived. Metrics are delivered once
+the status is settled.
 """
 
 from __future__ import annotations
@@ -192,9 +204,18 @@ class _AttemptEmitter:
     nearest limit and calls :meth:`check_limits`: the per-chunk path only records the time,
     because moving a cancel scope's deadline on every chunk costs more than everything else
     the emitter does.
+
+    Committed is a fact of what the consumer took. A time limit (or the consumer leaving) can
+    cancel the attempt in the very scheduler batch in which the consumer takes the first
+    visible chunks: the producer's wait then ends with ``Cancelled`` although the chunks were
+    delivered. So the bookkeeping of a delivery (fold into the response, usage, eager tool
+    starts, the commit, ``first_visible_at``) runs in a ``finally`` whenever the pipe says the
+    consumer took the batch, however the wait ended, and never when it did not; a cancelled
+    attempt whose output was taken is committed and is never retried.
     """
 
     __slots__ = (
+        "_handing_visible",
         "_held",
         "_idle",
         "_now",
@@ -203,11 +224,13 @@ class _AttemptEmitter:
         "_scope",
         "_stream",
         "committed",
+        "finished",
         "fired",
+        "first_event_deadline",
         "first_token_deadline",
         "first_visible_at",
         "last_chunk_at",
-        "last_data_at",
+        "last_send_at",
         "request_id",
         "started_at",
         "timeouts",
@@ -226,18 +249,28 @@ class _AttemptEmitter:
         self._scope = scope
         self._held: list[ChatChunk] = []
         self._paused = False
+        # Visible output is being handed over (or was): the first-token limit is met.
+        self._handing_visible = False
         self.timeouts = timeouts
         self._idle = math.inf if timeouts.idle is None else timeouts.idle
         self.committed = False
+        # The provider returned and the consumer has taken everything: the attempt succeeded,
+        # even if a limit fired in the same scheduler batch (see finish()).
+        self.finished = False
         self.usage: CompletionUsage | None = None
         self.request_id: str | None = None
         self.first_visible_at: float | None = None
         self.last_chunk_at: float | None = None
+        # The last progress (a send), restarted when a wait for the consumer ends; None
+        # before the first send: the idle limit runs only from the first event on.
+        self.last_send_at: float | None = None
         self.fired: tuple[TimeoutLimit, float] | None = None
         # The clock's own method: trio.current_time() goes through two more calls per chunk.
         self._now = trio.lowlevel.current_clock().current_time
-        now = self._now()
-        self.started_at = self.last_data_at = now
+        now = self.started_at = self._now()
+        self.first_event_deadline = (
+            math.inf if timeouts.first_event is None else now + timeouts.first_event
+        )
         self.first_token_deadline = (
             math.inf if timeouts.first_token is None else now + timeouts.first_token
         )
@@ -245,37 +278,51 @@ class _AttemptEmitter:
     def check_limits(self, now: float) -> float:
         """Fire a limit that has passed (cancel the attempt) or return when to look again.
 
-        Called by the supervisor task. The deadline it slept until may be stale (data arrived
-        since), so it is recomputed here. While the emitter waits for the consumer, idle time
-        does not run: look again one idle period later.
+        Called by the supervisor task. The deadline it slept until may be stale (progress was
+        made since), so it is recomputed here. While the emitter waits for the consumer no
+        limit runs (backpressure is not the server being slow): look again one idle period
+        later, which is early enough because the idle clock restarts when the wait ends.
         """
         if self.fired is not None:
             return math.inf
-        idle = math.inf if self._paused else self.last_data_at + self._idle
-        if self.first_visible_at is None and self.first_token_deadline <= idle:
-            if self.first_token_deadline <= now:
-                assert self.timeouts.first_token is not None
-                self.fired = ("first_token", self.timeouts.first_token)
-                self._scope.cancel()
-                return math.inf
-            return self.first_token_deadline
-        if idle <= now:
-            self.fired = ("idle", self._idle)
+        if self._paused:
+            return now + self._idle
+        # Ties go to the most specific limit: nothing at all arrived, then silence, then
+        # no visible output.
+        if self.last_send_at is None:
+            deadline: float = self.first_event_deadline
+            limit: TimeoutLimit = "first_event"
+            seconds = self.timeouts.first_event
+        else:
+            deadline, limit, seconds = self.last_send_at + self._idle, "idle", self._idle
+        if not self._handing_visible and self.first_token_deadline < deadline:
+            deadline, limit, seconds = (
+                self.first_token_deadline, "first_token", self.timeouts.first_token
+            )
+        if deadline <= now:
+            assert seconds is not None
+            self.fired = (limit, seconds)
             self._scope.cancel()
             return math.inf
-        if idle == math.inf:
-            return now + self._idle
-        return idle
+        if self.last_send_at is None:
+            # The first send may come any moment and start the idle clock, whose deadline
+            # can be earlier than this one: look again no later than one idle period on.
+            return min(deadline, now + self._idle)
+        return deadline
 
     async def send(self, chunks: Sequence[ChatChunk]) -> None:
-        # The hot path: once per network read. After the commit point the chunks go into the
-        # pipe without a checkpoint; only a full pipe makes the producer wait.
-        self.last_data_at = now = self._now()
+        # The hot path: once per network read that completed a data event. After the commit
+        # point the chunks go into the pipe without a checkpoint; only a full pipe makes the
+        # producer wait.
+        self.last_send_at = now = self._now()
         if not chunks:
             return
         self.last_chunk_at = now
         if self.committed:
             pipe = self._pipe
+            # Put and accounted for before any checkpoint: what is in the pipe reaches the
+            # consumer (a closed pipe still hands over what is pending), so a cancellation
+            # in the backpressure wait below loses no bookkeeping.
             pipe.put_nowait(chunks)
             self._accept(chunks)
             if pipe.over_limit:
@@ -287,11 +334,9 @@ class _AttemptEmitter:
             if chunk.usage is not None:
                 self.usage = chunk.usage
         if any(chunk.is_visible for chunk in chunks):
-            self.first_visible_at = now
-            await self._deliver_exactly(self._held + list(chunks))
-            self._held = []
-            self.committed = True
-            self._stream._on_commit()
+            batch, self._held = self._held + list(chunks), []
+            self._handing_visible = True
+            await self._deliver_visible(batch, visible_at=now)
         else:
             self._held.extend(chunks)
             if len(self._held) > MAX_HELD_CHUNKS:
@@ -299,27 +344,41 @@ class _AttemptEmitter:
                     f"more than {MAX_HELD_CHUNKS} chunks without any visible output"
                 )
 
-    async def _deliver_exactly(self, batch: list[ChatChunk]) -> None:
-        """Hand ``batch`` over and return once the consumer has taken it; if cancelled before
-        that, take it back (it was never delivered)."""
+    async def _deliver_visible(self, batch: list[ChatChunk], *, visible_at: float) -> None:
+        """Hand ``batch``, which holds the attempt's first visible output (produced at
+        ``visible_at``), over and return once the consumer has taken it, which commits the
+        attempt; if cancelled before that, take it back (it was never delivered)."""
         pipe = self._pipe
-        start = pipe.pending
-        pipe.put_nowait(batch)
-        await self._wait_taken(start)
-        self._accept(batch)
+        position = pipe.put_nowait(batch)
+        try:
+            await self._wait_taken(pipe.pending - len(batch))
+        finally:
+            # Not ``else``: the consumer may have taken the batch in the same scheduler batch
+            # in which a cancellation landed on this wait. What it took is delivered.
+            if pipe.taken(position):
+                self._accept(batch)
+                self.first_visible_at = visible_at
+                self.committed = True
+                self._stream._on_commit()
+            else:
+                self._handing_visible = False
 
     async def _wait_taken(self, take_back: int | None) -> None:
-        # Waiting for the consumer is backpressure, not a slow server: the idle clock stops,
-        # and restarts when the consumer has taken the chunks.
+        # Waiting for the consumer is backpressure, not a slow server: no limit runs, and the
+        # idle clock restarts when the consumer has taken the chunks.
         self._paused = True
         try:
             await self._pipe.wait_taken(take_back=take_back)
         finally:
             self._paused = False
-            self.last_data_at = self._now()
+            self.last_send_at = self._now()
 
     def _accept(self, batch: Sequence[ChatChunk]) -> None:
-        """``batch`` is delivered: fold it into the response (and this attempt's usage)."""
+        """``batch`` is delivered: fold it into the response (and this attempt's usage).
+
+        Never checkpoints and never raises on a well-formed batch: it runs in ``finally``
+        blocks while a cancellation propagates.
+        """
         acc = self._stream._acc
         calls = acc.add(batch)
         if acc.usage is not None:
@@ -328,12 +387,30 @@ class _AttemptEmitter:
             self._stream._on_calls_delivered(calls)
 
     async def finish(self) -> None:
-        """The attempt succeeded: deliver what was held back (an output-less response)."""
-        # The response is complete: no limit applies while its last chunks wait for the consumer.
+        """The attempt succeeded: deliver what was held back (an output-less response).
+
+        No time limit applies from here: the response is complete, and its last chunks only
+        wait for the consumer. (So only the stream's own cancellation, the consumer leaving,
+        can interrupt this wait, and that ends the stream: no retry can repeat these chunks.)
+        """
         self.first_token_deadline = math.inf
-        if self._held:
-            batch, self._held = self._held, []
-            await self._deliver_exactly(batch)
+        self.first_event_deadline = math.inf
+        self._idle = math.inf
+        if not self._held:
+            self.finished = True
+            return
+        batch, self._held = self._held, []
+        pipe = self._pipe
+        position = pipe.put_nowait(batch)
+        try:
+            await self._wait_taken(pipe.pending - len(batch))
+        finally:
+            # A limit that fired just before the provider returned cancels this wait; if the
+            # consumer took the batch anyway, the response is delivered whole: a success,
+            # never retried (a retry would repeat these chunks).
+            if pipe.taken(position):
+                self._accept(batch)
+                self.finished = True
 
 
 @attrs.frozen
@@ -354,6 +431,20 @@ class LLMStream:
     stream's error, if any, is raised once from iteration as one typed exception, after every
     chunk delivered before it. After iteration: ``collect()``, ``function_calls``, ``metrics``,
     ``status``.
+
+    Status, exactly one per stream, settled by what the consumer received:
+
+    - ``COMPLETED``: the response ended properly and the consumer's iteration reached the end;
+    - ``TRUNCATED``: the last attempt's response ended without ``[DONE]`` or a finish reason,
+      and the consumer received the error: ``StreamTruncatedError`` (nothing was delivered and
+      no retry was left), ``RetriesExhaustedError`` (retries ran out, the last one truncated)
+      or ``StreamInterrupted`` (after output);
+    - ``FAILED``: another error ended the stream and the consumer received it;
+    - ``CANCELLED``: the consumer left before receiving the end, by ``break``, an exception,
+      outside cancellation or ``aclose()``, even if the response had fully arrived (then
+      ``error`` is None; each attempt's own error stays in ``metrics.attempts``).
+
+    Until then ``status`` is ``RUNNING`` and ``metrics`` is None.
     """
 
     def __init__(
@@ -396,6 +487,14 @@ class LLMStream:
         self._closed = False
         self._metrics: LLMMetrics | None = None
         self._finished = trio.Event()
+        # The stream's fate is settled once the consumer has received the end, or has left
+        # (block exit, aclose()); until then a stream whose attempts are over is still RUNNING
+        # (see the class docstring: the break rule).
+        self._settled = trio.Event()
+        self._end_received = False
+        # Once the stream is stopped: the deadline of tool calls started from then on (-inf:
+        # cancelled at once), so a call delivered in the same batch as the stop obeys it too.
+        self._tool_stop: float | None = None
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._handles: dict[str, ToolCallHandle] = {}
@@ -420,6 +519,10 @@ class LLMStream:
             return buf[pos]
         batch = None if self._closed else await self._pipe.get()
         if batch is None:
+            if not self._closed:
+                # The consumer has reached the end: the stream's ending is what it gets.
+                self._end_received = True
+                self._settled.set()
             await self._finished.wait()
             error = self._error
             if error is not None and not self._error_raised and not self._closed:
@@ -444,6 +547,7 @@ class LLMStream:
     async def aclose(self) -> None:
         """Stop the stream now: cancel the attempt and tool calls; metrics are delivered.
 
+        The stream is ``CANCELLED`` unless the consumer had already received its end.
         Idempotent. Waits (briefly) for the stream's tasks to wind down; cancelling this wait
         leaves the block's exit to finish the job.
         """
@@ -452,7 +556,8 @@ class LLMStream:
 
     @property
     def status(self) -> StreamStatus:
-        """``RUNNING`` until the stream ends, then its one terminal status."""
+        """``RUNNING`` until the stream's ending is settled, then its one terminal status (see
+        the class docstring: the consumer must receive the end, or it is ``CANCELLED``)."""
         return self._status
 
     @property
@@ -505,6 +610,10 @@ class LLMStream:
             assert self._nursery is not None
             handle = self._handles[call.call_id] = ToolCallHandle(call)
             scope = trio.CancelScope()
+            if self._tool_stop is not None:
+                # Delivered as the stream stops (the consumer took the call in the batch in
+                # which it left): the call obeys the stop like the calls before it.
+                scope.deadline = self._tool_stop
             self._tool_scopes.add(scope)
             self._nursery.start_soon(self._run_tool, handle, scope)
             on_start = self._tool_options.on_start
@@ -542,14 +651,15 @@ class LLMStream:
 
     def _cancel(self, *, exiting: bool = False) -> None:
         self._scope.cancel()
+        self._settled.set()  # the consumer left (unless it had received the end already)
         options = self._tool_options
         if exiting and options.on_exit == "wait":
-            deadline = trio.current_time() + options.grace_period
-            for scope in self._tool_scopes:
-                scope.deadline = min(scope.deadline, deadline)
+            stop = trio.current_time() + options.grace_period
         else:
-            for scope in self._tool_scopes:
-                scope.cancel()
+            stop = -math.inf
+        self._tool_stop = stop if self._tool_stop is None else min(stop, self._tool_stop)
+        for scope in self._tool_scopes:
+            scope.deadline = min(scope.deadline, self._tool_stop)
 
     def _exit(self, _body_exc: BaseException | None) -> None:
         self._cancel(exiting=True)
@@ -599,7 +709,7 @@ class LLMStream:
                             await emitter.finish()
                         except Exception as exc:
                             error = exc
-                    if scope.cancelled_caught and error is None:
+                    if scope.cancelled_caught and error is None and not emitter.finished:
                         # Only the supervisor cancels this scope, and it says why first.
                         assert emitter.fired is not None
                         limit, seconds = emitter.fired
@@ -660,8 +770,6 @@ class LLMStream:
                 raise
             finally:
                 assert end is not None
-                self._status = end.status
-                self._error = end.error
                 self._pipe.close()  # the consumer gets what is pending, then the end
                 obs.send_nowait(end)
 
@@ -673,12 +781,15 @@ class LLMStream:
         reason: str,
     ) -> _StreamEnd:
         final: BaseException
-        status = StreamStatus.FAILED
+        # The status names how the last attempt ended: a response cut off without its
+        # terminal is TRUNCATED whether or not output was delivered and whether or not retries
+        # ran out first (the error says which: StreamTruncatedError, StreamInterrupted or
+        # RetriesExhaustedError, each with the truncation as the last cause).
+        truncated = isinstance(error, StreamTruncatedError)
+        status = StreamStatus.TRUNCATED if truncated else StreamStatus.FAILED
         if emitter.committed:
             final = StreamInterrupted(self._acc.collected(partial=True), error)
             final.__cause__ = error
-            if isinstance(error, StreamTruncatedError):
-                status = StreamStatus.TRUNCATED
         elif isinstance(error, APIError) and error.retryable and len(errors) > 1:
             final = RetriesExhaustedError(errors, reason=reason)
             final.__cause__ = error
@@ -742,18 +853,25 @@ class LLMStream:
                     wake = math.inf if running is None else running.check_limits(
                         trio.current_time()
                     )
+            # The attempts are over; the stream's ending is decided by what the consumer
+            # receives (the break rule). Cannot hang: the block's exit settles it.
+            await self._settled.wait()
+            if end is None:  # pragma: no cover - the loop always reports its end
+                end = _StreamEnd(StreamStatus.CANCELLED, None, None, None)
+            if end.status is not StreamStatus.CANCELLED and not self._end_received:
+                # The consumer left before receiving the end: cancelled, whatever the
+                # attempts did (each attempt's own error stays in its AttemptMetrics).
+                end = attrs.evolve(end, status=StreamStatus.CANCELLED, error=None)
+            self._status = end.status
+            self._error = end.error
             try:
                 self._metrics = self._build_metrics(attempts, end)
                 self._deliver_metrics(self._metrics)
             finally:
                 self._finished.set()
 
-    def _build_metrics(
-        self, attempts: list[AttemptMetrics], end: _StreamEnd | None
-    ) -> LLMMetrics:
+    def _build_metrics(self, attempts: list[AttemptMetrics], end: _StreamEnd) -> LLMMetrics:
         now = trio.current_time()
-        if end is None:  # pragma: no cover - the loop always reports its end
-            end = _StreamEnd(StreamStatus.CANCELLED, None, None, None)
         usages = [a.usage for a in attempts if a.usage is not None]
         prompt = sum(u.prompt_tokens for u in usages)
         completion = sum(u.completion_tokens for u in usages)
@@ -855,8 +973,9 @@ async def open_llm_stream(
     backoff jitter (for tests).
 
     Cancellation: leaving the block by ``break``, exception or outside cancellation cancels
-    the request and tool calls and records the stream as cancelled; an exception from the
-    block propagates as itself, never wrapped in an ExceptionGroup.
+    the request and tool calls and records the stream as cancelled, unless the consumer had
+    already received the end (its iteration ended or raised the stream's error); an
+    exception from the block propagates as itself, never wrapped in an ExceptionGroup.
     """
     if buffer_size < 0:
         raise ValueError("buffer_size must be >= 0")

@@ -22,6 +22,11 @@ from trio_llmstream._core._retry import GiveUp, Retry, backoff_delay, decide_ret
 
 errors = st.one_of(
     st.builds(lambda c: APIStatusError("x", status_code=c), st.integers(400, 599)),
+    st.builds(
+        lambda c, after: APIStatusError("x", status_code=c, retry_after=after),
+        st.sampled_from([429, 503, 400]),
+        st.sampled_from([0.0, 1.0, 29.5, 30.0, 30.001, 600.0]),
+    ),
     st.builds(lambda: APIConnectionError("down")),
     st.builds(lambda: APITimeoutError("idle", 1.0)),
     st.builds(lambda t: ProviderError("x", type=t),
@@ -49,20 +54,30 @@ def test_retry_iff_the_rule_allows(
         options, attempt=attempt, error=error, committed=committed,
         time_left=time_left, rng=random.Random(seed),
     )
+    retry_after = getattr(error, "retry_after", None)
     rule = (
         getattr(error, "retryable", False)
         and not isinstance(error, ValueError)
         and not committed
         and attempt + 1 <= max_retry
     )
+    too_long = retry_after is not None and retry_after > options.retry_after_cap
     if isinstance(decision, Retry):
         assert rule
+        assert not too_long
         assert 0 <= decision.delay < time_left
-        assert decision.delay <= options.max_retry_interval
+        if retry_after is None:
+            assert decision.delay <= options.max_retry_interval
+        else:
+            # The server's delay exactly: never sooner (RFC 9110), never clamped.
+            assert decision.delay == retry_after
     else:
         assert isinstance(decision, GiveUp)
         if rule:
-            assert "deadline" in decision.reason
+            if too_long:
+                assert f"wait {retry_after:g}s" in decision.reason
+            else:
+                assert "deadline" in decision.reason
 
 
 @pytest.mark.parametrize(
@@ -92,17 +107,31 @@ def test_backoff_grows_and_is_capped() -> None:
         assert nominal * 0.5 <= delay <= nominal
 
 
-def test_retry_after_replaces_backoff_and_is_capped() -> None:
+def test_retry_after_replaces_backoff_up_to_the_cap() -> None:
     options = APIConnectOptions(retry_after_cap=5.0)
     rng = random.Random(0)
     ask = APIStatusError("x", status_code=429, retry_after=2.5)
     assert decide_retry(options, attempt=0, error=ask, committed=False, rng=rng) == Retry(2.5)
-    greedy = APIStatusError("x", status_code=429, retry_after=3600)
-    assert decide_retry(options, attempt=0, error=greedy, committed=False, rng=rng) == Retry(5.0)
+    at_cap = APIStatusError("x", status_code=429, retry_after=5.0)
+    assert decide_retry(options, attempt=0, error=at_cap, committed=False, rng=rng) == Retry(5.0)
     decision = decide_retry(
         options, attempt=0, error=ask, committed=False, time_left=1.0, rng=rng
     )
     assert isinstance(decision, GiveUp)
+
+
+def test_retry_after_above_the_cap_gives_up_at_once_and_keeps_the_delay() -> None:
+    # Issue 10, item 6: Retry-After: 600 was clamped to the 30 s cap and retried three times
+    # (90 s, then RetriesExhaustedError). Now: give up at once, the delay stays on the error.
+    options = APIConnectOptions()  # retry_after_cap=30
+    greedy = APIStatusError("x", status_code=429, retry_after=600)
+    decision = decide_retry(
+        options, attempt=0, error=greedy, committed=False, rng=random.Random(0)
+    )
+    assert decision == GiveUp(
+        "the server asked to wait 600s before retrying, more than retry_after_cap=30s"
+    )
+    assert greedy.retry_after == 600
 
 
 def test_jitter_is_deterministic_under_a_seed() -> None:

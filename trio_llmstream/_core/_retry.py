@@ -10,7 +10,10 @@ Backoff is exponential with jitter: after attempt ``k`` (0-based) the delay is
 ``min(max_retry_interval, retry_interval * 2**k)`` scaled by a factor drawn uniformly from
 [0.5, 1). Scaling down, never up, keeps the cap a true cap, and the spread keeps a fleet of
 clients that failed together from retrying together. A server's ``Retry-After`` replaces the
-computed delay (clamped to ``retry_after_cap``): the server knows better than our guess. If the
+computed delay: the server knows better than our guess. RFC 9110 says a client ought to wait
+that long, so we never retry sooner; but a request to wait longer than ``retry_after_cap`` is
+not something to sleep through inside one stream (a quota reset in ten minutes, say): we give
+up at once, and the error keeps its ``retry_after`` so that the caller can reschedule. If the
 delay would outlast the caller's deadline, we give up at once rather than sleep into a timeout.
 """
 
@@ -63,7 +66,8 @@ def decide_retry(
     """Decide whether the failed 0-based ``attempt`` is tried again, and after how long.
 
     Retry iff the error is an ``APIError`` marked retryable, the attempt did not commit,
-    another attempt is allowed, and the delay fits in ``time_left`` (the caller's deadline).
+    another attempt is allowed, the server did not ask to wait longer than
+    ``options.retry_after_cap``, and the delay fits in ``time_left`` (the caller's deadline).
     """
     if not isinstance(error, APIError):
         return GiveUp("not an API error")
@@ -75,7 +79,12 @@ def decide_retry(
         return GiveUp("no attempts left")
     retry_after = getattr(error, "retry_after", None)
     if isinstance(retry_after, int | float) and retry_after >= 0:
-        delay = min(float(retry_after), options.retry_after_cap)
+        delay = float(retry_after)
+        if delay > options.retry_after_cap:
+            return GiveUp(
+                f"the server asked to wait {delay:g}s before retrying, more than "
+                f"retry_after_cap={options.retry_after_cap:g}s"
+            )
     else:
         delay = backoff_delay(options, attempt, rng)
     if delay >= time_left:

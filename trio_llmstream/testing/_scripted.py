@@ -4,7 +4,15 @@
 script (the last one repeats if a stream makes more attempts). An attempt emits its chunks in
 batches (``batch_size`` chunks per emit, as if each batch were one network read), sleeping
 ``delay`` seconds before each batch (``trio.sleep``, so trio's MockClock drives it), and then
-ends with its fault, if any, after ``fault.after`` chunks — or completes.
+ends with its fault, if any, after ``fault.after`` chunks — or completes. With ``aligned=True``
+the times are exact instead: batch ``j`` is sent at ``start + (j + 1) * delay`` and the fault
+comes at ``start + (batches + 1) * delay`` (``trio.sleep_until``; at once if backpressure made
+the attempt late), so that, with limits that are the same multiples of ``delay`` (say 0.25 and
+0.75), a batch arrives at the very instant a time limit fires, in the same scheduler batch;
+the attempt ends with its last batch, without another read.
+Each such wait behaves like a socket read that completes at that instant: if a cancellation
+lands at that same instant, the batch is still handed to the emitter (where the cancellation
+then lands), as for a real read woken with data in the scheduler batch of the cancellation.
 
 Keying the script by attempt number (not by call order) keeps it deterministic when many
 streams share one ``ScriptedLLM`` concurrently.
@@ -87,6 +95,8 @@ class ScriptedAttempt:
     fault: Fault | None = None
     delay: float = 0.0
     batch_size: int = 1
+    #: Send at exact multiples of ``delay`` from the attempt's start (see the module doc).
+    aligned: bool = False
 
 
 class ScriptedLLM(LLM):
@@ -115,25 +125,49 @@ class ScriptedLLM(LLM):
         limit = len(plan.chunks) if fault is None else min(fault.after, len(plan.chunks))
         size = max(1, plan.batch_size)
         self.running += 1
+        start = trio.current_time()
+        step = 0
+
+        async def wait() -> None:
+            nonlocal step
+            step += 1
+            if not plan.delay:
+                return
+            if plan.aligned:
+                due = start + step * plan.delay
+                if trio.current_time() >= due:  # late (backpressure): an ordinary checkpoint
+                    await trio.lowlevel.checkpoint()
+                    return
+                try:
+                    await trio.sleep_until(due)
+                except trio.Cancelled:
+                    if trio.current_time() < due:
+                        raise
+                    # The read completed at the instant the cancellation landed: go on and
+                    # hand over what it read; the next checkpoint raises Cancelled again.
+            else:
+                await trio.sleep(plan.delay)
+
         try:
             sent = 0
             while sent < limit:
-                if plan.delay:
-                    await trio.sleep(plan.delay)
+                await wait()
                 batch = plan.chunks[sent : min(limit, sent + size)]
                 await emit.send(batch)
                 sent += len(batch)
             if fault is not None:
-                if plan.delay:
-                    await trio.sleep(plan.delay)
+                await wait()
                 exc = fault.exception(f"scripted-{attempt.number}")
                 if exc is None:
                     await trio.sleep_forever()
                 else:
                     raise exc
-            else:
+            elif not plan.aligned:
                 # Yield once, as a real read would, so cancellation can land at the end too.
                 await trio.lowlevel.checkpoint()
+            # (Aligned: the read that carried the last batch carried the end too, so the
+            # attempt returns at that very instant and the emitter's final hand-off is where
+            # a limit firing in the same scheduler batch lands.)
         except trio.Cancelled:
             self.cancelled += 1
             raise

@@ -82,9 +82,19 @@ def faults(max_after: int = 10) -> st.SearchStrategy[Fault]:
 
 @st.composite
 def fault_plans(
-    draw: st.DrawFn, *, max_attempts: int = 4, fault_probability: float = 0.6
+    draw: st.DrawFn,
+    *,
+    max_attempts: int = 4,
+    fault_probability: float = 0.6,
+    aligned: bool = False,
 ) -> list[ScriptedAttempt]:
-    """A script of 1..max_attempts attempts, each possibly failing."""
+    """A script of 1..max_attempts attempts, each possibly failing.
+
+    ``aligned=True`` draws attempts that send at exact multiples of 0.25 s from their start
+    (``ScriptedAttempt.aligned``), so that time limits that are multiples of 0.25 s fire at
+    the very instant a batch arrives.
+    """
+    delays = [0.0, 0.25, 0.5] if aligned else [0.0, 0.0, 0.01, 0.5]
     n = draw(st.integers(1, max_attempts))
     plan = []
     for _ in range(n):
@@ -96,8 +106,9 @@ def fault_plans(
             ScriptedAttempt(
                 chunks=chunks,
                 fault=fault,
-                delay=draw(st.sampled_from([0.0, 0.0, 0.01, 0.5])),
+                delay=draw(st.sampled_from(delays)),
                 batch_size=draw(st.sampled_from([1, 1, 2, 3, 8])),
+                aligned=aligned,
             )
         )
     return plan
