@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from trio_llmstream import _telemetry
+from trio_llmstream import ToolOutcome, ToolOutcomeKind, _telemetry
 from trio_llmstream._exceptions import (
     APIStatusError,
     APITimeoutError,
@@ -57,7 +57,6 @@ from trio_llmstream._telemetry import (
     describe_llm,
     open_stream_telemetry,
 )
-from trio_llmstream import ToolOutcome, ToolOutcomeKind
 from trio_llmstream.providers.openai import OpenAILLM
 
 KEY = "sk-test-5f3c9a1be7d24c08a6e1"

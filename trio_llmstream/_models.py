@@ -292,8 +292,10 @@ class StreamStatus(enum.Enum):
     FAILED = "failed"
     #: The consumer left, called ``aclose()``, or the caller's scope was cancelled.
     CANCELLED = "cancelled"
-    #: The source ended without ``[DONE]`` or a finish reason, after output was delivered
-    #: (an uncommitted truncated attempt is retried instead).
+    #: The last attempt's response ended without its terminal event (``[DONE]`` or a finish
+    #: reason), whether or not output was delivered and whether or not retries ran out; the
+    #: error says which (``StreamTruncatedError``, ``RetriesExhaustedError`` or
+    #: ``StreamInterrupted``). Never reported as completed.
     TRUNCATED = "truncated"
 
 

@@ -56,7 +56,7 @@ import time
 import types
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import msgspec
@@ -70,7 +70,6 @@ from .._exceptions import (
     APITimeoutError,
     ProviderError,
     StreamProtocolError,
-    TimeoutLimit,
 )
 from .._llm import LLM, AttemptInfo, ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
@@ -575,8 +574,7 @@ class OpenAILLM(LLM):
                 assert headers_limit is not None
                 # Had the attempt itself been cancelled at the same moment, that wins.
                 await trio.lowlevel.checkpoint_if_cancelled()
-                # "headers" joins TimeoutLimit with the runtime's time-limit rework.
-                raise APITimeoutError(cast(TimeoutLimit, "headers"), headers_limit)
+                raise APITimeoutError("headers", headers_limit)
             reads = _reads(response)
             try:
                 await self._read(response, reads, emit)
