@@ -348,3 +348,16 @@ def test_demo_does_not_import_the_command_line() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+async def test_chat_otel_prints_the_stream_span_and_metrics_on_stderr() -> None:
+    async with open_mock_server(text_stream(ANSWER, delay=0.001)) as server:
+        proc = await run_cli_async("chat", "--base-url", server.base_url, "--model", "m", "hi",
+                                   "--no-metrics", "--otel")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == ANSWER + "\n"  # telemetry never mixes into the answer
+    err = proc.stderr.decode()
+    assert '"name": "chat m"' in err
+    assert '"gen_ai.operation.name": "chat"' in err
+    assert "gen_ai.client.operation.duration" in err
+    assert "gen_ai.client.token.usage" in err

@@ -7,7 +7,6 @@ module is skipped as a whole.
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import AsyncIterator, Iterator
 
@@ -32,7 +31,6 @@ from trio_llmstream import (
     StreamInterrupted,
     StreamStatus,
     Timeouts,
-    _stream,
     function_tool,
     open_llm_stream,
 )
@@ -47,11 +45,6 @@ from trio_llmstream.testing import (
     open_mock_server,
     text_chunks,
     text_stream,
-)
-
-pytestmark = pytest.mark.skipif(
-    "open_stream_telemetry" not in inspect.getsource(_stream),
-    reason="the runtime does not call the telemetry hooks yet",
 )
 
 KEY = "sk-e2e-otel-7d1f0c3b9a"

@@ -30,6 +30,7 @@ from ._exceptions import LLMStreamError
 from ._models import ChatContext
 from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Timeouts
 from ._stream import open_llm_stream
+from ._telemetry import install_console_exporters
 
 __all__ = ["build_parser", "chat", "main"]
 
@@ -129,6 +130,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="retries after the first attempt, only before any text arrived")
     chat_p.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
                         help="print the metrics table to stderr at the end")
+    chat_p.add_argument("--otel", action="store_true",
+                        help="print OpenTelemetry spans and metrics (GenAI conventions) to "
+                        "stderr; needs the otel extra and opentelemetry-sdk")
     chat_p.add_argument("prompt", metavar="PROMPT", help="the user message")
 
     relay_p = command("relay", "serve LLM runs as resumable server-sent events",
@@ -287,6 +291,7 @@ def _run_chat(args: argparse.Namespace) -> int:
     logger.addHandler(handler)
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
+    shutdown_otel = install_console_exporters() if args.otel else None
     try:
         code: int = trio.run(
             lambda: chat(args.base_url, args.model, args.api_key_env, args.prompt,
@@ -294,6 +299,8 @@ def _run_chat(args: argparse.Namespace) -> int:
         )
         return code
     finally:
+        if shutdown_otel is not None:
+            shutdown_otel()  # flushes the spans and metrics of the stream just run
         logger.removeHandler(handler)
         logger.setLevel(old_level)
 

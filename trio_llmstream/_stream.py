@@ -89,6 +89,7 @@ from ._models import (
 )
 from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Timeouts
 from ._pipe import Pipe
+from ._telemetry import open_stream_telemetry
 from ._tools._execute import (
     DEFAULT_TOOL_OPTIONS,
     ToolCallHandle,
@@ -124,7 +125,7 @@ class _Accumulator:
     """Folds delivered chunks into the response so far (per choice), for ``collect()``,
     ``function_calls`` and ``StreamInterrupted.partial``."""
 
-    __slots__ = ("calls", "finish", "reasoning", "request_id", "text", "usage")
+    __slots__ = ("calls", "chunks", "finish", "reasoning", "request_id", "text", "usage")
 
     def __init__(self) -> None:
         self.text: dict[int, list[str]] = {0: []}
@@ -133,11 +134,13 @@ class _Accumulator:
         self.finish: dict[int, str | None] = {0: None}
         self.usage: CompletionUsage | None = None
         self.request_id: str | None = None
+        self.chunks = 0  # delivered chunks (telemetry: time per output chunk)
 
     def add(self, batch: Sequence[ChatChunk]) -> list[FunctionCall] | None:
         """Fold ``batch`` in; return the tool calls it completed, if any."""
         text, reasoning = self.text, self.reasoning
         new: list[FunctionCall] | None = None
+        self.chunks += len(batch)
         for chunk in batch:
             if chunk.usage is not None:
                 self.usage = chunk.usage
@@ -501,6 +504,8 @@ class LLMStream:
         self._tool_scopes: set[trio.CancelScope] = set()
         self._started_at = 0.0
         self._committed_at: float | None = None
+        # Built here, in the caller's task: its current span is the stream span's parent.
+        self._telemetry = open_stream_telemetry(llm, request)
 
     # -- consumer side -------------------------------------------------------------------------
 
@@ -646,7 +651,7 @@ class LLMStream:
         )
         assert self._nursery is not None
         self._nursery.start_soon(self._supervise, obs_recv)
-        with self._scope:
+        with self._scope, self._telemetry.activate():
             await self._attempt_loop(obs_send)
 
     def _cancel(self, *, exiting: bool = False) -> None:
@@ -671,8 +676,12 @@ class LLMStream:
     async def _run_tool(self, handle: ToolCallHandle, scope: trio.CancelScope) -> None:
         # The scope was registered before this task was started, so a stream cancelled in
         # between still cancels the call (a scope cancelled before entry is entered cancelled).
+        tool = self._tools.get(handle.call.name)
+        span = self._telemetry.tool_started(
+            handle.call, description=tool.description if tool is not None else None
+        )
         try:
-            with scope:
+            with scope, span:
                 await run_tool_call(
                     handle,
                     self._tools,
@@ -680,6 +689,7 @@ class LLMStream:
                     limiter=self._limiter,
                 )
         finally:
+            span.finished(handle.outcome)
             self._tool_scopes.discard(scope)
 
     async def _attempt_loop(
@@ -848,6 +858,7 @@ class LLMStream:
                         elif isinstance(item, AttemptMetrics):
                             attempts.append(item)
                             running = None
+                            self._telemetry.attempt_finished(item)
                         else:
                             end = item
                     wake = math.inf if running is None else running.check_limits(
@@ -866,6 +877,7 @@ class LLMStream:
             self._error = end.error
             try:
                 self._metrics = self._build_metrics(attempts, end)
+                self._finish_telemetry(self._metrics, end)
                 self._deliver_metrics(self._metrics)
             finally:
                 self._finished.set()
@@ -901,6 +913,20 @@ class LLMStream:
             cancelled=end.status is StreamStatus.CANCELLED,
             error=end.error,
             timestamp=now,
+        )
+
+    def _finish_telemetry(self, metrics: LLMMetrics, end: _StreamEnd) -> None:
+        telemetry = self._telemetry
+        if not telemetry.enabled:
+            return
+        acc = self._acc
+        first, last = end.first_visible_at, end.last_chunk_at
+        telemetry.finished(
+            metrics,
+            finish_reasons=[reason for _, reason in sorted(acc.finish.items()) if reason],
+            output_chunks=acc.chunks,
+            generation_time=None if first is None or last is None else last - first,
+            response=lambda: acc.collected(partial=metrics.status is not StreamStatus.COMPLETED),
         )
 
     def _deliver_metrics(self, metrics: LLMMetrics) -> None:
