@@ -158,7 +158,6 @@ async def run_demo(out: Callable[[str], None] | None = None) -> int:
                 await _print_stream(stream, emit)
             reply = await stream.collect()
             ctx.add_message(role="assistant", content=reply.text)
-            assert stream.metrics is not None
             metrics.append(("hello", stream.metrics))
 
             # 2. The connection drops before any text: retried, never duplicated.
@@ -172,7 +171,6 @@ async def run_demo(out: Callable[[str], None] | None = None) -> int:
             async with open_llm_stream(llm, chat_ctx=ctx, conn_options=options) as stream:
                 await _print_stream(stream, emit)
             ctx.add_message(role="assistant", content=(await stream.collect()).text)
-            assert stream.metrics is not None
             metrics.append(("retry", stream.metrics))
 
             # 3. A tool loop: the call runs in the stream's nursery as soon as it arrives,

@@ -571,8 +571,15 @@ class LLMStream:
         return self._error
 
     @property
-    def metrics(self) -> LLMMetrics | None:
-        """The stream's metrics record, once the stream has ended (None before)."""
+    def metrics(self) -> LLMMetrics:
+        """The stream's one metrics record. It exists once the stream has ended, which is
+        always true after the ``async with`` block; reading it earlier is a ``RuntimeError``
+        (use ``on_metrics`` to hear of it the moment it is made)."""
+        if self._metrics is None:
+            raise RuntimeError(
+                "stream.metrics exists once the stream has ended: read it after the "
+                "async with block, or pass on_metrics="
+            )
         return self._metrics
 
     @property
