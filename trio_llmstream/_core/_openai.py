@@ -110,7 +110,7 @@ import msgspec
 
 from .._exceptions import APIError, ProviderError, StreamProtocolError, StreamTruncatedError
 from .._models import ChatChunk, ChatRole, Choice, ChoiceDelta, CompletionUsage, FunctionCall
-from ._sse import ServerSentEvent, SSEDecoder
+from ._sse import WINDOW, ServerSentEvent, SSEDecoder
 
 __all__ = [
     "DEFAULT_MAX_CHOICES",
@@ -197,6 +197,21 @@ class _WireChunk(msgspec.Struct, gc=False):
 
 _decode_chunk: Final = msgspec.json.Decoder(_WireChunk).decode
 _decode_any: Final = msgspec.json.Decoder().decode
+
+# Everything decoding (or re-encoding) a hostile payload can raise: each decode call catches
+# exactly these and reports a typed error (StreamProtocolError, or ProviderError for an error
+# event). Narrow, so that a bug of ours is never passed off as the server's fault, but
+# complete, because the server chooses the input:
+# - msgspec.MsgspecError: DecodeError (not JSON) and ValidationError (JSON of the wrong shape,
+#   and numbers out of range: an integer past Python's int max str digits, 4,300 by default,
+#   or a float past the double range);
+# - RecursionError: msgspec decodes arrays and objects recursively and gives up at the
+#   interpreter's recursion limit (about 1,000 levels, fewer the deeper our caller's stack)
+#   with this, not a DecodeError; encoding such a value again can hit it too;
+# - ValueError and OverflowError: UnicodeDecodeError (invalid UTF-8 handed to msgspec as
+#   bytes) and the int/str conversion limit are ValueErrors, and a number too large for a C
+#   type is an OverflowError; msgspec does not document that it wraps every such case.
+_JSON_ERRORS: Final = (msgspec.MsgspecError, RecursionError, ValueError, OverflowError)
 
 
 # -- cheap construction of the public objects -----------------------------------------------------
@@ -293,6 +308,23 @@ def _as_text(payload: str | bytes | bytearray) -> str:
     if isinstance(payload, str):
         return payload
     return bytes(payload).decode("utf-8", "replace")
+
+
+def _json_text(value: object) -> str:
+    # A decoded JSON value shown as JSON text in an error message. It decoded, so it encodes,
+    # except that this runs a few frames deeper than the decode did: a value nested right up
+    # to the recursion limit may no longer fit.
+    try:
+        return msgspec.json.encode(value).decode()
+    except _JSON_ERRORS:
+        return "(a value nested too deeply to show)"
+
+
+def _reason(exc: BaseException) -> str:
+    # What went wrong in the JSON layer, for an error message.
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)
 
 
 def _utf8_len(text: str) -> int:
@@ -463,8 +495,9 @@ class ChatCompletionAssembler:
             for payload in payloads:
                 try:
                     wire = decode(payload)
-                except (msgspec.DecodeError, UnicodeDecodeError):
-                    # [DONE], malformed JSON, odd shapes, invalid UTF-8: all rare.
+                except _JSON_ERRORS:
+                    # [DONE], malformed JSON, odd shapes, invalid UTF-8, nesting or numbers
+                    # beyond what can be decoded: all rare, judged off the fast path.
                     self._odd_payload(payload, out)
                     if self.finished:
                         return
@@ -537,30 +570,27 @@ class ChatCompletionAssembler:
         except msgspec.ValidationError as exc:
             self._wrong_shape(text, exc)
             return
-        except msgspec.DecodeError as exc:
-            self._fail(
-                StreamProtocolError(
-                    f"malformed JSON in a chunk ({exc}): {_excerpt(text)}",
-                    request_id=self.request_id,
-                )
-            )
+        except _JSON_ERRORS as exc:
+            self._fail(self._malformed(text, exc))
             return
         self._wire_chunk(wire, text, out)
+
+    def _malformed(self, text: str, exc: BaseException) -> StreamProtocolError:
+        return StreamProtocolError(
+            f"malformed JSON in a chunk ({_reason(exc)}): {_excerpt(text)}",
+            request_id=self.request_id,
+        )
 
     def _wrong_shape(self, text: str, exc: msgspec.ValidationError) -> None:
         # Valid JSON that is not a chunk. It may still be an error report in a shape the typed
         # Struct does not expect (an error object with odd field types, say).
         try:
             value = _decode_any(text)
-        except msgspec.DecodeError as malformed:
+        except _JSON_ERRORS as malformed:
             # The typed decoder stops at the first mismatch, before seeing the text is not even
-            # JSON (a string followed by garbage, say): it is malformed after all.
-            self._fail(
-                StreamProtocolError(
-                    f"malformed JSON in a chunk ({malformed}): {_excerpt(text)}",
-                    request_id=self.request_id,
-                )
-            )
+            # JSON (a string followed by garbage, say), or before reaching what the untyped one
+            # cannot decode (a huge number, deep nesting): it is malformed after all.
+            self._fail(self._malformed(text, malformed))
             return
         if isinstance(value, dict):
             err = value.get("error")
@@ -594,8 +624,15 @@ class ChatCompletionAssembler:
         usage_wire = wire.usage
         if wire_choices is None and usage_wire is None and wire.id is None:
             # Nothing a chunk has: maybe a bare {"object": "error", "message": ...} body (older
-            # vLLM), whose fields the typed Struct skipped. Rare, so decode it again.
-            value = _decode_any(_as_text(payload))
+            # vLLM), whose fields the typed Struct skipped. Rare, so decode it again, in full:
+            # what the typed decode skipped unread (a number too large to convert, say) can
+            # fail here, and then the payload is malformed (raised, so _payloads fails the
+            # stream after the chunks before it).
+            text = _as_text(payload)
+            try:
+                value = _decode_any(text)
+            except _JSON_ERRORS as exc:
+                raise self._malformed(text, exc) from None
             if isinstance(value, dict) and value.get("object") == "error":
                 self._fail(self._provider_error(value))
             return
@@ -721,7 +758,9 @@ class ChatCompletionAssembler:
     # -- errors ----------------------------------------------------------------------------------
 
     def _fail(self, error: APIError) -> None:
-        self.error = error
+        # A caught error's traceback holds the frames it passed through, and with them the
+        # read, its pieces and the output list: drop it, the error is kept as a value.
+        self.error = error.with_traceback(None)
         self.finished = True
 
     def _provider_error(self, err: object) -> ProviderError:
@@ -737,24 +776,25 @@ class ChatCompletionAssembler:
         elif isinstance(err, str):
             message = err
         else:
-            message = msgspec.json.encode(err).decode()
+            message = _json_text(err)
         text = message if isinstance(message, str) else None
         if text is None and message is not None:
-            text = msgspec.json.encode(message).decode()
+            text = _json_text(message)
         if not text:
             text = "the server reported an error in the stream"
+        # Odd types are shown as JSON (a container's repr could recurse as deep as it nests).
         if type_ is not None and not isinstance(type_, str):
-            type_ = str(type_)
+            type_ = _json_text(type_)
         if code is not None and (isinstance(code, bool) or not isinstance(code, str | int)):
-            code = str(code)
+            code = _json_text(code)
         return ProviderError(text[:_MAX_MESSAGE], type=type_, code=code, request_id=self.request_id)
 
     def _error_event(self, data: str) -> ProviderError:
         # ``event: error``: JSON with or without an "error" wrapper, or plain text.
         try:
             value = _decode_any(data)
-        except msgspec.DecodeError:
-            value = None
+        except _JSON_ERRORS:
+            value = None  # not JSON we can decode: the text is the message
         if isinstance(value, dict):
             inner = value.get("error")
             if inner is not None:
@@ -811,7 +851,16 @@ class ChatCompletionParser:
     is no cancellation behaviour.
     """
 
-    __slots__ = ("_fast", "_limit", "_pending", "_primed", "_started", "assembler", "decoder")
+    __slots__ = (
+        "_fast",
+        "_limit",
+        "_pending",
+        "_primed",
+        "_started",
+        "_window",
+        "assembler",
+        "decoder",
+    )
 
     def __init__(
         self,
@@ -832,6 +881,8 @@ class ChatCompletionParser:
         self._fast = True
         # A block at most this long is within both SSE bounds, whatever it holds.
         self._limit = min(max_line_size, max_event_size)
+        # Larger reads are processed a window at a time (see the module essay, "Memory").
+        self._window = min(self._limit, WINDOW)
         # Shortcut mode: the unfinished block after the last "\n\n" (a block boundary).
         self._pending = bytearray()
         self._started = False
@@ -903,6 +954,8 @@ class ChatCompletionParser:
             # flush one event per HTTP chunk, and httpx yields one chunk at a time).
             asm._payloads((data[6:-2],), out)
             return out
+        if len(data) > self._window:
+            return self._feed_windows(data)
         # Only the new bytes can hold a new separator (one may straddle the two reads).
         start = len(pending) - 1
         pending += data
@@ -917,6 +970,19 @@ class ChatCompletionParser:
         self._blocks(region, out)
         if len(pending) > self._limit and not asm.finished:
             self._leave_fast(b"", out)
+        return out
+
+    def _feed_windows(self, data: bytes) -> list[ChatChunk]:
+        # A large read, in the shortcut, fed as consecutive reads of one window each: the same
+        # result by construction (the parser is chunking-invariant), with every copy and split
+        # bounded by the window. Stops as soon as the stream finishes: the rest is ignored.
+        out: list[ChatChunk] = []
+        window = self._window
+        feed = self.feed
+        for start in range(0, len(data), window):
+            out += feed(data[start : start + window])
+            if self.assembler.finished:
+                break
         return out
 
     def _blocks(self, region: bytearray, out: list[ChatChunk]) -> None:
@@ -959,6 +1025,11 @@ class ChatCompletionParser:
         # would; anything else is handed to the decoder whole.
         asm = self.assembler
         limit = self._limit
+        if type(raw) is not bytes:
+            # Split bytes, not a bytearray: the empty pieces of a run of blank lines are then
+            # all the one shared b"" (8 bytes each in the list) instead of a new bytearray
+            # each (64 bytes): a window of LFs would otherwise cost 16 times its size.
+            raw = bytes(raw)
         for block in raw.split(b"\n\n"):
             if not block:
                 continue
@@ -971,10 +1042,10 @@ class ChatCompletionParser:
                     continue
                 else:
                     self._prime()
-                    self._to_decoder(bytes(block) + b"\n\n", out)
+                    self._to_decoder(block + b"\n\n", out)
             else:
                 self._prime()
-                self._to_decoder(bytes(block) + b"\n\n", out)
+                self._to_decoder(block + b"\n\n", out)
             if asm.finished:
                 return
 
@@ -1016,12 +1087,31 @@ class ChatCompletionParser:
         # where the pending bytes begin.
         self._fast = False
         self._prime()
-        rest = bytes(self._pending) + data
+        pending = self._pending
         self._pending = bytearray()
-        if rest:
-            self._to_decoder(rest, out)
+        if pending:
+            # Handed over a window at a time (no copy of the whole): at most the limit plus a
+            # window is held here while the decoder builds its own bounded state.
+            self._to_decoder(pending, out)
+            del pending
+        if data and not self.assembler.finished:
+            self._to_decoder(data, out)
 
-    def _to_decoder(self, data: bytes, out: list[ChatChunk]) -> None:
+    def _to_decoder(self, data: bytes | bytearray, out: list[ChatChunk]) -> None:
+        window = self._window
+        if len(data) <= window:
+            self._decode(data, out)
+            return
+        # The decoder bounds its own work per window, but not the events a read yields: feed
+        # it a window at a time and assemble each window's events at once, so neither the
+        # events nor anything after the stream finished are built for the whole read.
+        asm = self.assembler
+        for start in range(0, len(data), window):
+            self._decode(data[start : start + window], out)
+            if asm.finished:
+                return
+
+    def _decode(self, data: bytes | bytearray, out: list[ChatChunk]) -> None:
         decoder = self.decoder
         asm = self.assembler
         try:
