@@ -201,7 +201,7 @@ class SSEDecoder:
         """
         return self._reconnect
 
-    def feed(self, data: bytes) -> list[ServerSentEvent]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[ServerSentEvent]:
         """Decode the next chunk of the body; return the events it completes, in order.
 
         Raises ``StreamProtocolError`` when a size limit is exceeded (if the same chunk also
@@ -278,7 +278,7 @@ class SSEDecoder:
                 raise
         return events
 
-    def _prologue(self, data: bytes) -> bytes:
+    def _prologue(self, data: bytes | bytearray | memoryview) -> bytes:
         # The rare cases, off the common path: misuse, non-bytes input, the start of the stream
         # (BOM) and the LF half of a CRLF split across reads.
         if self._error is not None:
@@ -415,10 +415,10 @@ class SSEDecoder:
                     raise StreamProtocolError(
                         f"SSE event data exceeds max_event_size ({self._max_event} bytes)"
                     )
-                data = self._data
-                data.append(value)
-                if len(data) > _MAX_PIECES:
-                    self._fold(data)
+                values = self._data
+                values.append(value)
+                if len(values) > _MAX_PIECES:
+                    self._fold(values)
             elif name == b"event":
                 self._event = value.decode("utf-8", "replace")
             elif name == b"id" and 0 not in value:
