@@ -954,14 +954,15 @@ class ChatCompletionParser:
             # flush one event per HTTP chunk, and httpx yields one chunk at a time).
             asm._payloads((data[6:-2],), out)
             return out
-        if len(data) > self._window:
+        size = len(data)
+        if size > self._window:
             return self._feed_windows(data)
         # Only the new bytes can hold a new separator (one may straddle the two reads).
-        start = len(pending) - 1
+        start = len(pending)
         pending += data
-        cut = pending.rfind(b"\n\n", start if start > 0 else 0)
+        cut = pending.rfind(b"\n\n", start - 1 if start > 1 else 0)
         if cut < 0:
-            if len(pending) > self._limit:
+            if start + size > self._limit:
                 self._leave_fast(b"", out)
             return out
         # Everything before the last LF LF is whole blocks; the rest is an unfinished one.

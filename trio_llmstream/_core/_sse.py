@@ -91,8 +91,11 @@ _SEPARATOR = b"\n\ndata: "
 #: one- or two-byte lines), so this, not the size of a read, bounds the transient memory. 64 KiB
 #: is a large socket read: real streams rarely need more than one window per read.
 WINDOW: Final = 1 << 16
-# A block's data lines are kept as a list up to this many, then folded into one buffer.
+# A block's data lines are kept as a list up to about this many, then folded into one buffer;
+# checked once the block's data passes _SIZE_CHECK bytes (so up to 8 Ki lines before the first
+# check: 64 KiB of list at most).
 _MAX_PIECES = 1024
+_SIZE_CHECK = 8192
 # Python's lowest allowed int/str conversion limit (sys.set_int_max_str_digits): a digit string
 # this long converts whatever the interpreter's setting.
 _MAX_RETRY_DIGITS = 640
@@ -154,6 +157,7 @@ class SSEDecoder:
         "_reconnect",
         "_retry",
         "_size",
+        "_size_check",
         "_special",
         "_window",
     )
@@ -165,6 +169,8 @@ class SSEDecoder:
         self._max_event = max_event_size
         # _size counts each data line plus one "\n"; dispatched data is one byte shorter.
         self._event_cap = max_event_size + 1
+        # Data sizes above this get the slower check of _large_event.
+        self._size_check = min(self._event_cap, _SIZE_CHECK)
         # Reads longer than this are processed in windows of this size (essay, point 4).
         self._window = min(max_line_size, max_event_size, WINDOW)
         # Bytes held back while they could still be a BOM; None once that is decided.
@@ -411,14 +417,9 @@ class SSEDecoder:
                     value = line[start:]
             if name == b"data":
                 self._size += len(value) + 1
-                if self._size > self._event_cap:
-                    raise StreamProtocolError(
-                        f"SSE event data exceeds max_event_size ({self._max_event} bytes)"
-                    )
-                values = self._data
-                values.append(value)
-                if len(values) > _MAX_PIECES:
-                    self._fold(values)
+                if self._size > self._size_check:
+                    self._large_event()  # past 8 KiB: rare, so off the common path
+                self._data.append(value)
             elif name == b"event":
                 self._event = value.decode("utf-8", "replace")
             elif name == b"id" and 0 not in value:
@@ -440,16 +441,24 @@ class SSEDecoder:
             # At most one window long, so within max_line_size.
             self._partial = tail
 
-    def _fold(self, data: list[bytes | bytearray]) -> None:
-        # Many short data lines in one block: a list slot per line would cost up to 8 bytes per
-        # byte of data (an empty line is one byte, "\n", but one 8-byte slot), so fold them
-        # into one growing buffer. Appending keeps it linear however many lines come.
-        head = data[0]
-        if type(head) is not bytearray:
-            head = data[0] = bytearray(head)
-        head += b"\n"
-        head += b"\n".join(data[1:])
-        del data[1:]
+    def _large_event(self) -> None:
+        # The block's data passed the smaller of max_event_size and 8 KiB (checked once per data
+        # line from then on). Past the limit it is an error. Otherwise, if it is made of many
+        # short lines, fold them into one growing buffer: a list slot per line would cost up to
+        # 8 bytes per byte of data (an empty data line adds one byte, "\n", and one 8-byte
+        # slot). Appending to the buffer keeps this linear however many lines come.
+        if self._size > self._event_cap:
+            raise StreamProtocolError(
+                f"SSE event data exceeds max_event_size ({self._max_event} bytes)"
+            )
+        data = self._data
+        if len(data) >= _MAX_PIECES:
+            head = data[0]
+            if type(head) is not bytearray:
+                head = data[0] = bytearray(head)
+            head += b"\n"
+            head += b"\n".join(data[1:])
+            del data[1:]
 
     def _line_too_long(self) -> StreamProtocolError:
         return StreamProtocolError(f"SSE line exceeds max_line_size ({self._max_line} bytes)")
