@@ -56,7 +56,14 @@ event belongs to the same ending instead of being a second one.
   an ``"object": "error"`` body (older vLLM), or an SSE event of type ``error`` whose data is
   JSON with or without the ``error`` wrapper, or plain text. Other event types are ignored.
 - Malformed JSON, JSON of the wrong shape, or a bound exceeded (tool-argument bytes per call,
-  calls per choice, choices) -> failed with ``StreamProtocolError`` (with an excerpt).
+  calls per choice, choices) -> failed with ``StreamProtocolError`` (with an excerpt). That
+  includes JSON msgspec refuses although it is well-formed: nesting deeper than the recursion
+  limit allows (about 1,000 levels, in any position, unknown fields included) and numbers out of
+  range (an integer of more than 4,300 digits, a float past the double range) in a field it
+  decodes. An unknown field is skipped unread, so a huge number there is refused only in a
+  payload with none of a chunk's fields, which is decoded in full to look for a bare error
+  body. An ``event: error`` whose data cannot be decoded is still a ``ProviderError``, with the
+  text as its message. No exception other than these typed errors comes out of the JSON layer.
 - End of input (``end()``) with neither [DONE] nor an error: completed if every choice seen has
   a finish reason (some servers omit [DONE]), open calls flushed; otherwise failed with
   ``StreamTruncatedError`` and open calls dropped. A cut stream is never a silent success.
@@ -98,6 +105,23 @@ the plain decoder give identical results on arbitrary input under any chunking.
 
 The SSE decoder's own bound errors (oversize line or event) are converted too: ``feed`` returns
 the chunks decoded before the violation and sets ``error``; they never propagate.
+
+Memory
+------
+
+A read may be any size: httpx inflates a compressed body one network read at a time without
+limit (64 MiB and more from a small gzip bomb). Splitting such a read in one go would build
+objects proportional to it (a list of 32 million empty pieces for 64 MiB of LF: +2.4 GB), so a
+read longer than a *window* (64 KiB, or the smaller SSE limit if that is smaller) is processed
+as consecutive reads of one window each, which gives the same result (the parser is
+chunking-invariant) and stops at once when the stream finishes. The same holds on the decoder's
+path, where each window's events are assembled before the next window is decoded. So whatever
+a server sends, the parser holds at most its pending block (up to the smaller SSE limit, plus a
+window), the decoder's bounded state and one window's pieces: measured, at most about +2.4 MiB
+over a read of any size with the default 1 MiB limits. Only the returned list grows with the
+input, in proportion to the chunks it really holds (a few hundred bytes per chunk, each carrying
+something): bounding that is the caller's choice of read size. A stored error keeps no
+traceback, which would keep the frames it passed through, and so the read, alive.
 """
 
 from __future__ import annotations
@@ -378,7 +402,12 @@ class ChatCompletionAssembler:
     - ``request_id``: the ``id`` of the first chunk that had one, or None.
     - ``usage``: the last usage the server reported, or None.
     - ``progress``: a counter that grows whenever complete data-carrying events were processed
-      (by any amount); comments, blank lines and unfinished lines never move it.
+      (by any amount): events of type ``message`` (any data, even empty or malformed) or
+      ``error``, while the stream was not yet finished. Comments, blank lines, other fields,
+      unfinished lines and events of other types (``event: ping`` keep-alives) never move it,
+      nor does anything after the stream finished. So ``progress`` moves across a ``feed``
+      exactly when that read completed such an event (the tests check this on arbitrary input,
+      in every path: the shortcut, the decoder's, and windowed large reads).
 
     Synchronous and free of I/O: nothing here blocks, so there is no cancellation behaviour.
     """
@@ -846,9 +875,11 @@ class ChatCompletionParser:
         if parser.finished:
             stop reading
 
-    ``finished``, ``error``, ``done``, ``finish_reasons``, ``request_id`` and ``usage`` are
-    the assembler's (see :class:`ChatCompletionAssembler`). Synchronous and free of I/O: there
-    is no cancellation behaviour.
+    ``finished``, ``error``, ``done``, ``finish_reasons``, ``request_id``, ``usage`` and
+    ``progress`` are the assembler's (see :class:`ChatCompletionAssembler`). Whatever the input,
+    ``feed`` raises nothing and ``error`` is one of the library's typed errors; a read of any
+    size is processed with bounded extra memory (see "Memory" in the module docstring).
+    Synchronous and free of I/O: there is no cancellation behaviour.
     """
 
     __slots__ = (
