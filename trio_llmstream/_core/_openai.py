@@ -1059,8 +1059,8 @@ class ChatCompletionParser:
         limit = self._limit
         if type(raw) is not bytes:
             # Split bytes, not a bytearray: the empty pieces of a run of blank lines are then
-            # all the one shared b"" (8 bytes each in the list) instead of a new bytearray
-            # each (64 bytes): a window of LFs would otherwise cost 16 times its size.
+            # all the one shared b"" (an 8-byte list slot each) instead of a new bytearray each
+            # (64 bytes with its slot): a window of LFs costs 4 times its size, not 32.
             raw = bytes(raw)
         for block in raw.split(b"\n\n"):
             if not block:
@@ -1125,7 +1125,6 @@ class ChatCompletionParser:
             # Handed over a window at a time (no copy of the whole): at most the limit plus a
             # window is held here while the decoder builds its own bounded state.
             self._to_decoder(pending, out)
-            del pending
         if data and not self.assembler.finished:
             self._to_decoder(data, out)
 
