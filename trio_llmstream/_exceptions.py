@@ -177,7 +177,9 @@ def provider_error_is_retryable(type_: str | None, code: str | int | None) -> bo
         text = str(key).strip().lower()
         if text in _RETRYABLE_PROVIDER_TYPES:
             return True
-        if text.isdigit() and status_is_retryable(int(text)):
+        # ASCII and short: str.isdigit() is also true of "²", which int() rejects, and the
+        # server may send thousands of digits (past int()'s limit); a status has three.
+        if text.isascii() and text.isdigit() and len(text) <= 3 and status_is_retryable(int(text)):
             return True
     return False
 

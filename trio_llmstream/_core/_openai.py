@@ -56,7 +56,14 @@ event belongs to the same ending instead of being a second one.
   an ``"object": "error"`` body (older vLLM), or an SSE event of type ``error`` whose data is
   JSON with or without the ``error`` wrapper, or plain text. Other event types are ignored.
 - Malformed JSON, JSON of the wrong shape, or a bound exceeded (tool-argument bytes per call,
-  calls per choice, choices) -> failed with ``StreamProtocolError`` (with an excerpt).
+  calls per choice, choices) -> failed with ``StreamProtocolError`` (with an excerpt). That
+  includes JSON msgspec refuses although it is well-formed: nesting deeper than the recursion
+  limit allows (about 1,000 levels, in any position, unknown fields included) and numbers out of
+  range (an integer of more than 4,300 digits, a float past the double range) in a field it
+  decodes. An unknown field is skipped unread, so a huge number there is refused only in a
+  payload with none of a chunk's fields, which is decoded in full to look for a bare error
+  body. An ``event: error`` whose data cannot be decoded is still a ``ProviderError``, with the
+  text as its message. No exception other than these typed errors comes out of the JSON layer.
 - End of input (``end()``) with neither [DONE] nor an error: completed if every choice seen has
   a finish reason (some servers omit [DONE]), open calls flushed; otherwise failed with
   ``StreamTruncatedError`` and open calls dropped. A cut stream is never a silent success.
@@ -98,6 +105,23 @@ the plain decoder give identical results on arbitrary input under any chunking.
 
 The SSE decoder's own bound errors (oversize line or event) are converted too: ``feed`` returns
 the chunks decoded before the violation and sets ``error``; they never propagate.
+
+Memory
+------
+
+A read may be any size: httpx inflates a compressed body one network read at a time without
+limit (64 MiB and more from a small gzip bomb). Splitting such a read in one go would build
+objects proportional to it (a list of 32 million empty pieces for 64 MiB of LF: +2.4 GB), so a
+read longer than a *window* (64 KiB, or the smaller SSE limit if that is smaller) is processed
+as consecutive reads of one window each, which gives the same result (the parser is
+chunking-invariant) and stops at once when the stream finishes. The same holds on the decoder's
+path, where each window's events are assembled before the next window is decoded. So whatever
+a server sends, the parser holds at most its pending block (up to the smaller SSE limit, plus a
+window), the decoder's bounded state and one window's pieces: measured, at most about +2.4 MiB
+over a read of any size with the default 1 MiB limits. Only the returned list grows with the
+input, in proportion to the chunks it really holds (a few hundred bytes per chunk, each carrying
+something): bounding that is the caller's choice of read size. A stored error keeps no
+traceback, which would keep the frames it passed through, and so the read, alive.
 """
 
 from __future__ import annotations
@@ -110,7 +134,7 @@ import msgspec
 
 from .._exceptions import APIError, ProviderError, StreamProtocolError, StreamTruncatedError
 from .._models import ChatChunk, ChatRole, Choice, ChoiceDelta, CompletionUsage, FunctionCall
-from ._sse import ServerSentEvent, SSEDecoder
+from ._sse import WINDOW, ServerSentEvent, SSEDecoder
 
 __all__ = [
     "DEFAULT_MAX_CHOICES",
@@ -197,6 +221,21 @@ class _WireChunk(msgspec.Struct, gc=False):
 
 _decode_chunk: Final = msgspec.json.Decoder(_WireChunk).decode
 _decode_any: Final = msgspec.json.Decoder().decode
+
+# Everything decoding (or re-encoding) a hostile payload can raise: each decode call catches
+# exactly these and reports a typed error (StreamProtocolError, or ProviderError for an error
+# event). Narrow, so that a bug of ours is never passed off as the server's fault, but
+# complete, because the server chooses the input:
+# - msgspec.MsgspecError: DecodeError (not JSON) and ValidationError (JSON of the wrong shape,
+#   and numbers out of range: an integer past Python's int max str digits, 4,300 by default,
+#   or a float past the double range);
+# - RecursionError: msgspec decodes arrays and objects recursively and gives up at the
+#   interpreter's recursion limit (about 1,000 levels, fewer the deeper our caller's stack)
+#   with this, not a DecodeError; encoding such a value again can hit it too;
+# - ValueError and OverflowError: UnicodeDecodeError (invalid UTF-8 handed to msgspec as
+#   bytes) and the int/str conversion limit are ValueErrors, and a number too large for a C
+#   type is an OverflowError; msgspec does not document that it wraps every such case.
+_JSON_ERRORS: Final = (msgspec.MsgspecError, RecursionError, ValueError, OverflowError)
 
 
 # -- cheap construction of the public objects -----------------------------------------------------
@@ -295,6 +334,23 @@ def _as_text(payload: str | bytes | bytearray) -> str:
     return bytes(payload).decode("utf-8", "replace")
 
 
+def _json_text(value: object) -> str:
+    # A decoded JSON value shown as JSON text in an error message. It decoded, so it encodes,
+    # except that this runs a few frames deeper than the decode did: a value nested right up
+    # to the recursion limit may no longer fit.
+    try:
+        return msgspec.json.encode(value).decode()
+    except _JSON_ERRORS:
+        return "(a value nested too deeply to show)"
+
+
+def _reason(exc: BaseException) -> str:
+    # What went wrong in the JSON layer, for an error message.
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)
+
+
 def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
@@ -346,7 +402,12 @@ class ChatCompletionAssembler:
     - ``request_id``: the ``id`` of the first chunk that had one, or None.
     - ``usage``: the last usage the server reported, or None.
     - ``progress``: a counter that grows whenever complete data-carrying events were processed
-      (by any amount); comments, blank lines and unfinished lines never move it.
+      (by any amount): events of type ``message`` (any data, even empty or malformed) or
+      ``error``, while the stream was not yet finished. Comments, blank lines, other fields,
+      unfinished lines and events of other types (``event: ping`` keep-alives) never move it,
+      nor does anything after the stream finished. So ``progress`` moves across a ``feed``
+      exactly when that read completed such an event (the tests check this on arbitrary input,
+      in every path: the shortcut, the decoder's, and windowed large reads).
 
     Synchronous and free of I/O: nothing here blocks, so there is no cancellation behaviour.
     """
@@ -463,8 +524,9 @@ class ChatCompletionAssembler:
             for payload in payloads:
                 try:
                     wire = decode(payload)
-                except (msgspec.DecodeError, UnicodeDecodeError):
-                    # [DONE], malformed JSON, odd shapes, invalid UTF-8: all rare.
+                except _JSON_ERRORS:
+                    # [DONE], malformed JSON, odd shapes, invalid UTF-8, nesting or numbers
+                    # beyond what can be decoded: all rare, judged off the fast path.
                     self._odd_payload(payload, out)
                     if self.finished:
                         return
@@ -537,30 +599,27 @@ class ChatCompletionAssembler:
         except msgspec.ValidationError as exc:
             self._wrong_shape(text, exc)
             return
-        except msgspec.DecodeError as exc:
-            self._fail(
-                StreamProtocolError(
-                    f"malformed JSON in a chunk ({exc}): {_excerpt(text)}",
-                    request_id=self.request_id,
-                )
-            )
+        except _JSON_ERRORS as exc:
+            self._fail(self._malformed(text, exc))
             return
         self._wire_chunk(wire, text, out)
+
+    def _malformed(self, text: str, exc: BaseException) -> StreamProtocolError:
+        return StreamProtocolError(
+            f"malformed JSON in a chunk ({_reason(exc)}): {_excerpt(text)}",
+            request_id=self.request_id,
+        )
 
     def _wrong_shape(self, text: str, exc: msgspec.ValidationError) -> None:
         # Valid JSON that is not a chunk. It may still be an error report in a shape the typed
         # Struct does not expect (an error object with odd field types, say).
         try:
             value = _decode_any(text)
-        except msgspec.DecodeError as malformed:
+        except _JSON_ERRORS as malformed:
             # The typed decoder stops at the first mismatch, before seeing the text is not even
-            # JSON (a string followed by garbage, say): it is malformed after all.
-            self._fail(
-                StreamProtocolError(
-                    f"malformed JSON in a chunk ({malformed}): {_excerpt(text)}",
-                    request_id=self.request_id,
-                )
-            )
+            # JSON (a string followed by garbage, say), or before reaching what the untyped one
+            # cannot decode (a huge number, deep nesting): it is malformed after all.
+            self._fail(self._malformed(text, malformed))
             return
         if isinstance(value, dict):
             err = value.get("error")
@@ -594,8 +653,15 @@ class ChatCompletionAssembler:
         usage_wire = wire.usage
         if wire_choices is None and usage_wire is None and wire.id is None:
             # Nothing a chunk has: maybe a bare {"object": "error", "message": ...} body (older
-            # vLLM), whose fields the typed Struct skipped. Rare, so decode it again.
-            value = _decode_any(_as_text(payload))
+            # vLLM), whose fields the typed Struct skipped. Rare, so decode it again, in full:
+            # what the typed decode skipped unread (a number too large to convert, say) can
+            # fail here, and then the payload is malformed (raised, so _payloads fails the
+            # stream after the chunks before it).
+            text = _as_text(payload)
+            try:
+                value = _decode_any(text)
+            except _JSON_ERRORS as exc:
+                raise self._malformed(text, exc) from None
             if isinstance(value, dict) and value.get("object") == "error":
                 self._fail(self._provider_error(value))
             return
@@ -721,7 +787,9 @@ class ChatCompletionAssembler:
     # -- errors ----------------------------------------------------------------------------------
 
     def _fail(self, error: APIError) -> None:
-        self.error = error
+        # A caught error's traceback holds the frames it passed through, and with them the
+        # read, its pieces and the output list: drop it, the error is kept as a value.
+        self.error = error.with_traceback(None)
         self.finished = True
 
     def _provider_error(self, err: object) -> ProviderError:
@@ -737,24 +805,25 @@ class ChatCompletionAssembler:
         elif isinstance(err, str):
             message = err
         else:
-            message = msgspec.json.encode(err).decode()
+            message = _json_text(err)
         text = message if isinstance(message, str) else None
         if text is None and message is not None:
-            text = msgspec.json.encode(message).decode()
+            text = _json_text(message)
         if not text:
             text = "the server reported an error in the stream"
+        # Odd types are shown as JSON (a container's repr could recurse as deep as it nests).
         if type_ is not None and not isinstance(type_, str):
-            type_ = str(type_)
+            type_ = _json_text(type_)
         if code is not None and (isinstance(code, bool) or not isinstance(code, str | int)):
-            code = str(code)
+            code = _json_text(code)
         return ProviderError(text[:_MAX_MESSAGE], type=type_, code=code, request_id=self.request_id)
 
     def _error_event(self, data: str) -> ProviderError:
         # ``event: error``: JSON with or without an "error" wrapper, or plain text.
         try:
             value = _decode_any(data)
-        except msgspec.DecodeError:
-            value = None
+        except _JSON_ERRORS:
+            value = None  # not JSON we can decode: the text is the message
         if isinstance(value, dict):
             inner = value.get("error")
             if inner is not None:
@@ -806,12 +875,23 @@ class ChatCompletionParser:
         if parser.finished:
             stop reading
 
-    ``finished``, ``error``, ``done``, ``finish_reasons``, ``request_id`` and ``usage`` are
-    the assembler's (see :class:`ChatCompletionAssembler`). Synchronous and free of I/O: there
-    is no cancellation behaviour.
+    ``finished``, ``error``, ``done``, ``finish_reasons``, ``request_id``, ``usage`` and
+    ``progress`` are the assembler's (see :class:`ChatCompletionAssembler`). Whatever the input,
+    ``feed`` raises nothing and ``error`` is one of the library's typed errors; a read of any
+    size is processed with bounded extra memory (see "Memory" in the module docstring).
+    Synchronous and free of I/O: there is no cancellation behaviour.
     """
 
-    __slots__ = ("_fast", "_limit", "_pending", "_primed", "_started", "assembler", "decoder")
+    __slots__ = (
+        "_fast",
+        "_limit",
+        "_pending",
+        "_primed",
+        "_started",
+        "_window",
+        "assembler",
+        "decoder",
+    )
 
     def __init__(
         self,
@@ -832,6 +912,8 @@ class ChatCompletionParser:
         self._fast = True
         # A block at most this long is within both SSE bounds, whatever it holds.
         self._limit = min(max_line_size, max_event_size)
+        # Larger reads are processed a window at a time (see the module essay, "Memory").
+        self._window = min(self._limit, WINDOW)
         # Shortcut mode: the unfinished block after the last "\n\n" (a block boundary).
         self._pending = bytearray()
         self._started = False
@@ -903,12 +985,15 @@ class ChatCompletionParser:
             # flush one event per HTTP chunk, and httpx yields one chunk at a time).
             asm._payloads((data[6:-2],), out)
             return out
+        size = len(data)
+        if size > self._window:
+            return self._feed_windows(data)
         # Only the new bytes can hold a new separator (one may straddle the two reads).
-        start = len(pending) - 1
+        start = len(pending)
         pending += data
-        cut = pending.rfind(b"\n\n", start if start > 0 else 0)
+        cut = pending.rfind(b"\n\n", start - 1 if start > 1 else 0)
         if cut < 0:
-            if len(pending) > self._limit:
+            if start + size > self._limit:
                 self._leave_fast(b"", out)
             return out
         # Everything before the last LF LF is whole blocks; the rest is an unfinished one.
@@ -917,6 +1002,19 @@ class ChatCompletionParser:
         self._blocks(region, out)
         if len(pending) > self._limit and not asm.finished:
             self._leave_fast(b"", out)
+        return out
+
+    def _feed_windows(self, data: bytes) -> list[ChatChunk]:
+        # A large read, in the shortcut, fed as consecutive reads of one window each: the same
+        # result by construction (the parser is chunking-invariant), with every copy and split
+        # bounded by the window. Stops as soon as the stream finishes: the rest is ignored.
+        out: list[ChatChunk] = []
+        window = self._window
+        feed = self.feed
+        for start in range(0, len(data), window):
+            out += feed(data[start : start + window])
+            if self.assembler.finished:
+                break
         return out
 
     def _blocks(self, region: bytearray, out: list[ChatChunk]) -> None:
@@ -959,6 +1057,11 @@ class ChatCompletionParser:
         # would; anything else is handed to the decoder whole.
         asm = self.assembler
         limit = self._limit
+        if type(raw) is not bytes:
+            # Split bytes, not a bytearray: the empty pieces of a run of blank lines are then
+            # all the one shared b"" (an 8-byte list slot each) instead of a new bytearray each
+            # (64 bytes with its slot): a window of LFs costs 4 times its size, not 32.
+            raw = bytes(raw)
         for block in raw.split(b"\n\n"):
             if not block:
                 continue
@@ -971,10 +1074,10 @@ class ChatCompletionParser:
                     continue
                 else:
                     self._prime()
-                    self._to_decoder(bytes(block) + b"\n\n", out)
+                    self._to_decoder(block + b"\n\n", out)
             else:
                 self._prime()
-                self._to_decoder(bytes(block) + b"\n\n", out)
+                self._to_decoder(block + b"\n\n", out)
             if asm.finished:
                 return
 
@@ -1016,12 +1119,30 @@ class ChatCompletionParser:
         # where the pending bytes begin.
         self._fast = False
         self._prime()
-        rest = bytes(self._pending) + data
+        pending = self._pending
         self._pending = bytearray()
-        if rest:
-            self._to_decoder(rest, out)
+        if pending:
+            # Handed over a window at a time (no copy of the whole): at most the limit plus a
+            # window is held here while the decoder builds its own bounded state.
+            self._to_decoder(pending, out)
+        if data and not self.assembler.finished:
+            self._to_decoder(data, out)
 
-    def _to_decoder(self, data: bytes, out: list[ChatChunk]) -> None:
+    def _to_decoder(self, data: bytes | bytearray, out: list[ChatChunk]) -> None:
+        window = self._window
+        if len(data) <= window:
+            self._decode(data, out)
+            return
+        # The decoder bounds its own work per window, but not the events a read yields: feed
+        # it a window at a time and assemble each window's events at once, so neither the
+        # events nor anything after the stream finished are built for the whole read.
+        asm = self.assembler
+        for start in range(0, len(data), window):
+            self._decode(data[start : start + window], out)
+            if asm.finished:
+                return
+
+    def _decode(self, data: bytes | bytearray, out: list[ChatChunk]) -> None:
         decoder = self.decoder
         asm = self.assembler
         try:

@@ -46,10 +46,15 @@ the framing done on bytes, in C:
    from its own first byte only, so a 1 MiB line fed one byte at a time costs linear time, not
    quadratic. Complete lines are applied to the block's state at once, so a block costs its data,
    not its raw bytes. The pending line may not grow past ``max_line_size`` bytes, nor a block's
-   data past ``max_event_size`` bytes; either raises ``StreamProtocolError``. A read larger than
-   the smaller limit is processed in windows of that size, exactly as if it had arrived in
-   smaller reads (the result never depends on the chunking); so nothing inside one window can
-   break a limit, and the shortcut needs no per-event size checks.
+   data past ``max_event_size`` bytes; either raises ``StreamProtocolError``, checked before the
+   bytes are copied. A read larger than a *window* (64 KiB, or the smaller limit if that is
+   smaller) is processed one window at a time, exactly as if it had arrived in smaller reads
+   (the result never depends on the chunking); so nothing inside one window can break a limit,
+   the shortcut needs no per-event size checks, and the objects a window is split into (lines,
+   pieces, a CR-rewritten copy) are bounded by the window, not by the read. Whatever a server
+   sends -- blank lines, CRs, a giant comment or data line -- the decoder holds at most the
+   limits plus a few windows' worth; only the returned events grow with the input, in
+   proportion to the events it really contains.
 
 Choices where the spec leaves room, or where the event type differs from the browser API:
 
@@ -71,6 +76,8 @@ Choices where the spec leaves room, or where the event type differs from the bro
 
 from __future__ import annotations
 
+from typing import Final
+
 import attrs
 
 from .._exceptions import StreamProtocolError
@@ -79,6 +86,16 @@ __all__ = ["SSEDecoder", "ServerSentEvent"]
 
 _BOM = b"\xef\xbb\xbf"
 _SEPARATOR = b"\n\ndata: "
+#: The most bytes of one read processed at a time (smaller if a limit is). Splitting a window
+#: into lines or events makes objects proportional to its size (up to ~10x for a window of
+#: one- or two-byte lines), so this, not the size of a read, bounds the transient memory. 64 KiB
+#: is a large socket read: real streams rarely need more than one window per read.
+WINDOW: Final = 1 << 16
+# A block's data lines are kept as a list up to about this many, then folded into one buffer;
+# checked once the block's data passes _SIZE_CHECK bytes (so up to 8 Ki lines before the first
+# check: 64 KiB of list at most).
+_MAX_PIECES = 1024
+_SIZE_CHECK = 8192
 # Python's lowest allowed int/str conversion limit (sys.set_int_max_str_digits): a digit string
 # this long converts whatever the interpreter's setting.
 _MAX_RETRY_DIGITS = 640
@@ -140,6 +157,7 @@ class SSEDecoder:
         "_reconnect",
         "_retry",
         "_size",
+        "_size_check",
         "_special",
         "_window",
     )
@@ -151,8 +169,10 @@ class SSEDecoder:
         self._max_event = max_event_size
         # _size counts each data line plus one "\n"; dispatched data is one byte shorter.
         self._event_cap = max_event_size + 1
+        # Data sizes above this get the slower check of _large_event.
+        self._size_check = min(self._event_cap, _SIZE_CHECK)
         # Reads longer than this are processed in windows of this size (essay, point 4).
-        self._window = min(max_line_size, max_event_size)
+        self._window = min(max_line_size, max_event_size, WINDOW)
         # Bytes held back while they could still be a BOM; None once that is decided.
         self._head: bytes | None = b""
         # The last read ended with CR: an LF starting the next one completes that CRLF.
@@ -161,7 +181,7 @@ class SSEDecoder:
         # and turned into a bytearray only when it grows across reads (amortised appends).
         self._partial: bytes | bytearray = b""
         # The current block: data values (raw bytes), their size, event type and retry.
-        self._data: list[bytes] = []
+        self._data: list[bytes | bytearray] = []
         self._size = 0
         self._event = ""
         self._retry: int | None = None
@@ -187,7 +207,7 @@ class SSEDecoder:
         """
         return self._reconnect
 
-    def feed(self, data: bytes) -> list[ServerSentEvent]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[ServerSentEvent]:
         """Decode the next chunk of the body; return the events it completes, in order.
 
         Raises ``StreamProtocolError`` when a size limit is exceeded (if the same chunk also
@@ -197,19 +217,23 @@ class SSEDecoder:
         if self._special or type(data) is not bytes:
             data = self._prologue(data)
         if 13 in data:  # CR (an int operand makes `in` a bare memchr)
+            if len(data) > self._window:
+                # Rewriting line ends copies the read (twice): do it a window at a time.
+                return self._feed_windows(data)
             if data[-1] == 0x0D:
                 self._after_cr = self._special = True
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if 10 not in data:  # LF
-            # No line end: the read only extends the pending line (most small reads).
+            # No line end: the read only extends the pending line (most small reads). The
+            # bound is checked before appending, so an oversize read is never copied.
             partial = self._partial
-            if type(partial) is bytes:
-                partial = self._partial = bytearray(partial)
-            partial += data
-            if len(partial) > self._max_line:
+            if len(partial) + len(data) > self._max_line:
                 exc = self._line_too_long()
                 self._poison(exc)
                 raise exc
+            if type(partial) is bytes:
+                partial = self._partial = bytearray(partial)
+            partial += data
             return []
         events: list[ServerSentEvent] = []
         try:
@@ -233,7 +257,8 @@ class SSEDecoder:
         deferred, if any. Calling it twice is harmless.
         """
         if self._error is not None:
-            raise self._error
+            # Without its old traceback: re-raising would add frames to it on every call.
+            raise self._error.with_traceback(None)
         self._ended = self._special = True
         self._head = None
         self._partial = b""
@@ -245,11 +270,26 @@ class SSEDecoder:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _prologue(self, data: bytes) -> bytes:
+    def _feed_windows(self, data: bytes) -> list[ServerSentEvent]:
+        # A large read (already past the prologue) fed as consecutive reads of one window each:
+        # the result is the same by construction, and each window's copies stay small. Errors
+        # follow feed's contract: events before the violation are returned, the next call raises.
+        events: list[ServerSentEvent] = []
+        window = self._window
+        try:
+            for start in range(0, len(data), window):
+                events += self.feed(data[start : start + window])
+        except StreamProtocolError:
+            if not events:
+                raise
+        return events
+
+    def _prologue(self, data: bytes | bytearray | memoryview) -> bytes:
         # The rare cases, off the common path: misuse, non-bytes input, the start of the stream
         # (BOM) and the LF half of a CRLF split across reads.
         if self._error is not None:
-            raise self._error
+            # Without its old traceback: re-raising would add frames to it on every call.
+            raise self._error.with_traceback(None)
         if self._ended:
             raise RuntimeError("SSEDecoder.feed() called after end(): the stream is over")
         data = bytes(data)
@@ -377,10 +417,8 @@ class SSEDecoder:
                     value = line[start:]
             if name == b"data":
                 self._size += len(value) + 1
-                if self._size > self._event_cap:
-                    raise StreamProtocolError(
-                        f"SSE event data exceeds max_event_size ({self._max_event} bytes)"
-                    )
+                if self._size > self._size_check:
+                    self._large_event()  # past 8 KiB: rare, so off the common path
                 self._data.append(value)
             elif name == b"event":
                 self._event = value.decode("utf-8", "replace")
@@ -402,6 +440,25 @@ class SSEDecoder:
         else:
             # At most one window long, so within max_line_size.
             self._partial = tail
+
+    def _large_event(self) -> None:
+        # The block's data passed the smaller of max_event_size and 8 KiB (checked once per data
+        # line from then on). Past the limit it is an error. Otherwise, if it is made of many
+        # short lines, fold them into one growing buffer: a list slot per line would cost up to
+        # 8 bytes per byte of data (an empty data line adds one byte, "\n", and one 8-byte
+        # slot). Appending to the buffer keeps this linear however many lines come.
+        if self._size > self._event_cap:
+            raise StreamProtocolError(
+                f"SSE event data exceeds max_event_size ({self._max_event} bytes)"
+            )
+        data = self._data
+        if len(data) >= _MAX_PIECES:
+            head = data[0]
+            if type(head) is not bytearray:
+                head = data[0] = bytearray(head)
+            head += b"\n"
+            head += b"\n".join(data[1:])
+            del data[1:]
 
     def _line_too_long(self) -> StreamProtocolError:
         return StreamProtocolError(f"SSE line exceeds max_line_size ({self._max_line} bytes)")
