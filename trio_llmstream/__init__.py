@@ -38,9 +38,11 @@ from ._models import FunctionCall as FunctionCall
 from ._models import LLMCapabilities as LLMCapabilities
 from ._models import LLMMetrics as LLMMetrics
 from ._models import NamedToolChoice as NamedToolChoice
+from ._models import ProviderItem as ProviderItem
 from ._models import StreamStatus as StreamStatus
 from ._models import ToolChoice as ToolChoice
 from ._models import ToolSpec as ToolSpec
+from ._models import UsageSource as UsageSource
 from ._options import DEFAULT_API_CONNECT_OPTIONS as DEFAULT_API_CONNECT_OPTIONS
 from ._options import APIConnectOptions as APIConnectOptions
 from ._options import Timeouts as Timeouts
@@ -116,6 +118,7 @@ __all__ = [
     "OpenAILLM",
     "Param",
     "ProviderError",
+    "ProviderItem",
     "RetriesExhaustedError",
     "Segment",
     "SegmentEnd",
@@ -149,6 +152,7 @@ __all__ = [
     "TurnItem",
     "TurnReport",
     "TurnStage",
+    "UsageSource",
     "check_tool_name",
     "function_tool",
     "map_turn",

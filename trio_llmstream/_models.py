@@ -30,9 +30,11 @@ __all__ = [
     "LLMCapabilities",
     "LLMMetrics",
     "NamedToolChoice",
+    "ProviderItem",
     "StreamStatus",
     "ToolChoice",
     "ToolSpec",
+    "UsageSource",
 ]
 
 ChatRole: TypeAlias = Literal["system", "user", "assistant", "tool"]
@@ -56,6 +58,28 @@ def _calls_tuple(calls: Iterable[FunctionCall]) -> tuple[FunctionCall, ...]:
     return tuple(calls)
 
 
+@attrs.frozen
+class ProviderItem:
+    """A piece of an assistant turn that its provider needs back, unchanged, on the next
+    request: an Anthropic thinking block with its ``signature``, a Gemini ``thoughtSignature``,
+    an OpenAI Responses reasoning item, DeepSeek's ``reasoning_content``.
+
+    ``provider`` names the wire protocol that made it (``"anthropic"``, ``"gemini"``,
+    ``"openai.responses"``, ``"openai.chat"``); ``kind`` says what it is within that
+    protocol; ``data`` is the exact text the provider sent (usually JSON), kept byte-equal.
+    Only the provider of the same protocol reads it; others ignore it. Never visible output:
+    it does not commit an attempt.
+    """
+
+    provider: str
+    kind: str
+    data: str
+
+
+def _items_tuple(items: Iterable[ProviderItem]) -> tuple[ProviderItem, ...]:
+    return tuple(items)
+
+
 def _check_role(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
     if value not in _ROLES:
         raise ValueError(f"role must be one of {sorted(_ROLES)}, not {value!r}")
@@ -66,7 +90,10 @@ class ChatMessage:
     """One message of a conversation.
 
     ``tool_calls`` are the calls an assistant message made; ``tool_call_id`` (and optionally
-    ``name``) tie a ``tool`` message to the call whose result it carries.
+    ``name``) tie a ``tool`` message to the call whose result it carries. On an assistant
+    message, ``reasoning`` is the model's reasoning text and ``provider_items`` what its
+    provider needs back verbatim on the next turn (see ``ProviderItem``);
+    ``CollectedResponse.message()`` fills both.
     """
 
     role: ChatRole = attrs.field(validator=_check_role)
@@ -74,6 +101,8 @@ class ChatMessage:
     tool_calls: tuple[FunctionCall, ...] = attrs.field(default=(), converter=_calls_tuple)
     tool_call_id: str | None = None
     name: str | None = None
+    reasoning: str | None = None
+    provider_items: tuple[ProviderItem, ...] = attrs.field(default=(), converter=_items_tuple)
 
     def __attrs_post_init__(self) -> None:
         if self.role == "tool" and not self.tool_call_id:
@@ -142,15 +171,26 @@ class ChatContext:
         return ChatContext(list(self.messages))
 
 
+UsageSource: TypeAlias = Literal["provider", "provider_partial", "estimated"]
+
+
 @attrs.frozen
 class CompletionUsage:
-    """Token counts the server reported. Cached and reasoning counts only when sent."""
+    """Token counts. Cached and reasoning counts only when known.
+
+    ``prompt_tokens`` counts every input token, cached ones included; ``completion_tokens``
+    every output token, reasoning included. ``source`` says where the counts came from:
+    ``"provider"`` (the server's final report), ``"provider_partial"`` (the server's last
+    report before the stream failed or was cut: a lower bound) or ``"estimated"``. A stream
+    whose server reported nothing has no usage (None), never zeros.
+    """
 
     completion_tokens: int = 0
     prompt_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    source: UsageSource = "provider"
 
 
 @attrs.frozen
@@ -159,21 +199,29 @@ class ChoiceDelta:
 
     ``content`` is answer text, ``reasoning`` the model's reasoning text (``reasoning_content``
     or ``reasoning`` on the wire), kept apart. ``tool_calls`` holds only *complete* calls.
+    ``provider_items`` are complete pieces the provider needs back on the next turn (see
+    ``ProviderItem``); they are not visible output.
     """
 
     role: ChatRole | None = None
     content: str | None = None
     tool_calls: list[FunctionCall] = attrs.field(factory=list)
     reasoning: str | None = None
+    provider_items: tuple[ProviderItem, ...] = ()
 
 
 @attrs.frozen
 class Choice:
-    """One choice's delta. ``finish_reason`` is set on the chunk that ends the choice."""
+    """One choice's delta. ``finish_reason`` is set on the chunk that ends the choice, in one
+    vocabulary for every protocol (``stop``, ``length``, ``tool_calls``, ``content_filter``,
+    or a chat-completions server's own word); ``native_finish_reason`` is the provider's own
+    word where its vocabulary differs (``end_turn``, ``MAX_TOKENS``...), None for chat
+    completions, whose ``finish_reason`` already is the server's own."""
 
     delta: ChoiceDelta
     index: int = 0
     finish_reason: str | None = None
+    native_finish_reason: str | None = None
 
 
 @attrs.frozen
@@ -263,6 +311,7 @@ class CollectedChoice:
     reasoning: str = ""
     function_calls: tuple[FunctionCall, ...] = ()
     finish_reason: str | None = None
+    provider_items: tuple[ProviderItem, ...] = ()
 
 
 @attrs.frozen
@@ -279,6 +328,20 @@ class CollectedResponse:
     finish_reason: str | None = None
     request_id: str | None = None
     choices: tuple[CollectedChoice, ...] = ()
+    provider_items: tuple[ProviderItem, ...] = ()
+
+    def message(self) -> ChatMessage:
+        """The assistant message to append to the conversation for the next turn: text,
+        tool calls, reasoning and the provider's items, so the next request replays it
+        exactly (Anthropic thinking signatures, Gemini thought signatures, Responses reasoning
+        items, DeepSeek ``reasoning_content``)."""
+        return ChatMessage(
+            role="assistant",
+            content=self.text or None,
+            tool_calls=self.function_calls,
+            reasoning=self.reasoning or None,
+            provider_items=self.provider_items,
+        )
 
 
 class StreamStatus(enum.Enum):

@@ -83,6 +83,7 @@ from ._models import (
     CompletionUsage,
     FunctionCall,
     LLMMetrics,
+    ProviderItem,
     StreamStatus,
     ToolChoice,
     ToolSpec,
@@ -125,7 +126,9 @@ class _Accumulator:
     """Folds delivered chunks into the response so far (per choice), for ``collect()``,
     ``function_calls`` and ``StreamInterrupted.partial``."""
 
-    __slots__ = ("calls", "chunks", "finish", "reasoning", "request_id", "text", "usage")
+    __slots__ = (
+        "calls", "chunks", "finish", "items", "reasoning", "request_id", "text", "usage",
+    )
 
     def __init__(self) -> None:
         self.text: dict[int, list[str]] = {0: []}
@@ -135,6 +138,8 @@ class _Accumulator:
         self.usage: CompletionUsage | None = None
         self.request_id: str | None = None
         self.chunks = 0  # delivered chunks (telemetry: time per output chunk)
+        # Provider items per choice (rare: thinking signatures and the like), made on demand.
+        self.items: dict[int, list[ProviderItem]] | None = None
 
     def add(self, batch: Sequence[ChatChunk]) -> list[FunctionCall] | None:
         """Fold ``batch`` in; return the tool calls it completed, if any."""
@@ -167,6 +172,10 @@ class _Accumulator:
                     if new is None:
                         new = []
                     new.extend(delta.tool_calls)
+                if delta.provider_items:
+                    if self.items is None:
+                        self.items = {}
+                    self.items.setdefault(index, []).extend(delta.provider_items)
                 if choice.finish_reason is not None:
                     self.finish[index] = choice.finish_reason
         if batch and self.request_id is None:
@@ -177,6 +186,7 @@ class _Accumulator:
         return [call for index in sorted(self.calls) for call in self.calls[index]]
 
     def collected(self, *, partial: bool = False) -> CollectedResponse:
+        items = self.items or {}
         choices = tuple(
             CollectedChoice(
                 index=index,
@@ -184,6 +194,7 @@ class _Accumulator:
                 reasoning="".join(self.reasoning[index]),
                 function_calls=tuple(self.calls[index]),
                 finish_reason=None if partial else self.finish[index],
+                provider_items=tuple(items.get(index, ())),
             )
             for index in sorted(self.text)
         )
@@ -196,6 +207,7 @@ class _Accumulator:
             finish_reason=first.finish_reason,
             request_id=self.request_id,
             choices=choices,
+            provider_items=first.provider_items,
         )
 
 

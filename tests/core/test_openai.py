@@ -30,7 +30,7 @@ from trio_llmstream import (
     StreamProtocolError,
     StreamTruncatedError,
 )
-from trio_llmstream._core import _openai
+from trio_llmstream._core import _build, _openai
 from trio_llmstream._core._openai import ChatCompletionAssembler, ChatCompletionParser
 from trio_llmstream._core._sse import ServerSentEvent, SSEDecoder
 
@@ -1060,28 +1060,33 @@ def test_fast_built_objects_are_genuine() -> None:
 
 
 def test_fast_construction_guard() -> None:
-    _openai._check_fast_construction()  # passes for the current model
+    _build._check_fast_construction()  # passes for the current model
 
     @attrs.frozen
     class Changed:
         role: str = attrs.field(validator=attrs.validators.instance_of(str))
 
-    saved = dict(_openai._FAST_FIELDS)
+    saved = dict(_build.FAST_FIELDS)
     try:
-        _openai._FAST_FIELDS[Changed] = ("role",)  # type: ignore[index]
+        _build.FAST_FIELDS[Changed] = ("role",)  # type: ignore[index]
         with pytest.raises(RuntimeError, match="validator"):
-            _openai._check_fast_construction()
+            _build._check_fast_construction()
+        del _build.FAST_FIELDS[Changed]  # type: ignore[arg-type]
+        _build.FAST_FIELDS[Choice] = ("delta", "index", "finish_reason")
+        with pytest.raises(RuntimeError, match="fields changed"):
+            _build._check_fast_construction()
     finally:
-        _openai._FAST_FIELDS.clear()
-        _openai._FAST_FIELDS.update(saved)
+        _build.FAST_FIELDS.clear()
+        _build.FAST_FIELDS.update(saved)
 
 
 def test_core_imports_no_io_library() -> None:
-    with open(_openai.__file__, encoding="utf-8") as f:
-        source = f.read()
-    for name in ("trio", "httpx", "anyio", "asyncio", "socket"):
-        assert f"import {name}" not in source
-        assert f"from {name}" not in source
+    for module in (_openai, _build):
+        with open(module.__file__, encoding="utf-8") as f:
+            source = f.read()
+        for name in ("trio", "httpx", "anyio", "asyncio", "socket"):
+            assert f"import {name}" not in source
+            assert f"from {name}" not in source
 
 
 # -- chunking invariance and the shortcut against the reference ------------------------------

@@ -126,14 +126,14 @@ traceback, which would keep the frames it passed through, and so the read, alive
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Final, cast
 
-import attrs
 import msgspec
 
 from .._exceptions import APIError, ProviderError, StreamProtocolError, StreamTruncatedError
 from .._models import ChatChunk, ChatRole, Choice, ChoiceDelta, CompletionUsage, FunctionCall
+from ._build import FillChoice, FillChunk, FillDelta, make_choice, make_chunk, make_delta
 from ._sse import WINDOW, ServerSentEvent, SSEDecoder
 
 __all__ = [
@@ -236,91 +236,6 @@ _decode_any: Final = msgspec.json.Decoder().decode
 #   bytes) and the int/str conversion limit are ValueErrors, and a number too large for a C
 #   type is an OverflowError; msgspec does not document that it wraps every such case.
 _JSON_ERRORS: Final = (msgspec.MsgspecError, RecursionError, ValueError, OverflowError)
-
-
-# -- cheap construction of the public objects -----------------------------------------------------
-
-def _twin(cls: type) -> Callable[[], Any]:
-    # A throwaway subclass of a frozen slotted attrs class: no new slots (same memory layout),
-    # the plain C-level __init__/__setattr__/__delattr__ of ``object``. Its instances take
-    # attribute stores at full speed (the interpreter specialises them to direct slot writes);
-    # once filled, assigning ``__class__`` turns one into a genuine, frozen instance of ``cls``.
-    # The twin never escapes this module.
-    return cast(
-        "Callable[[], Any]",
-        type(
-            f"_Filling{cls.__name__}",
-            (cls,),
-            {
-                "__slots__": (),
-                "__init__": object.__init__,
-                "__setattr__": object.__setattr__,
-                "__delattr__": object.__delattr__,
-                "__module__": __name__,
-            },
-        ),
-    )
-
-
-_FillDelta: Final = _twin(ChoiceDelta)
-_FillChoice: Final = _twin(Choice)
-_FillChunk: Final = _twin(ChatChunk)
-
-# The fields each builder sets, in order; checked against the classes below.
-_FAST_FIELDS: Final = {
-    ChoiceDelta: ("role", "content", "tool_calls", "reasoning"),
-    Choice: ("delta", "index", "finish_reason"),
-    ChatChunk: ("request_id", "choices", "usage"),
-}
-
-
-def _check_fast_construction() -> None:
-    """Fail at import if the public classes no longer allow construction by filling slots."""
-    for cls, names in _FAST_FIELDS.items():
-        fields = attrs.fields(cls)
-        if tuple(f.name for f in fields) != names:
-            raise RuntimeError(f"{cls.__name__} fields changed; update _core/_openai.py")
-        if "__slots__" not in cls.__dict__ or hasattr(cls, "__attrs_post_init__"):
-            raise RuntimeError(f"{cls.__name__} must stay slotted, without post-init")
-        for f in fields:
-            if f.validator is not None or f.converter is not None:
-                raise RuntimeError(f"{cls.__name__}.{f.name} has a validator or converter")
-
-
-_check_fast_construction()
-
-
-def _delta(
-    role: ChatRole | None,
-    content: str | None,
-    tool_calls: list[FunctionCall],
-    reasoning: str | None,
-) -> ChoiceDelta:
-    d = _FillDelta()
-    d.role = role
-    d.content = content
-    d.tool_calls = tool_calls
-    d.reasoning = reasoning
-    d.__class__ = ChoiceDelta
-    return cast(ChoiceDelta, d)
-
-
-def _choice(delta: ChoiceDelta, index: int, finish_reason: str | None) -> Choice:
-    c = _FillChoice()
-    c.delta = delta
-    c.index = index
-    c.finish_reason = finish_reason
-    c.__class__ = Choice
-    return cast(Choice, c)
-
-
-def _chunk(request_id: str, choices: list[Choice], usage: CompletionUsage | None) -> ChatChunk:
-    k = _FillChunk()
-    k.request_id = request_id
-    k.choices = choices
-    k.usage = usage
-    k.__class__ = ChatChunk
-    return cast(ChatChunk, k)
 
 
 def _excerpt(text: str) -> str:
@@ -557,18 +472,20 @@ class ChatCompletionAssembler:
                             elif self.request_id is None:
                                 self.request_id = self._rid = rid
                             # _delta, _choice and _chunk, inlined.
-                            d = _FillDelta()
+                            d = FillDelta()
                             d.role = None
                             d.content = content
                             d.tool_calls = []
                             d.reasoning = reasoning
+                            d.provider_items = ()
                             d.__class__ = ChoiceDelta
-                            c = _FillChoice()
+                            c = FillChoice()
                             c.delta = d
                             c.index = choice.index
                             c.finish_reason = None
+                            c.native_finish_reason = None
                             c.__class__ = Choice
-                            k = _FillChunk()
+                            k = FillChunk()
                             k.request_id = rid
                             k.choices = [c]
                             k.usage = None
@@ -698,12 +615,13 @@ class ChatCompletionAssembler:
                 if len(done) > 1:
                     done.sort(key=_first)  # stable: equal indices keep their stream order
                 calls = [call for _, call in done]
-                choices.append(_choice(_delta(role, content, calls, reasoning), index, finish))
+                built = make_delta(role, content, calls, reasoning)
+                choices.append(make_choice(built, index, finish))
         usage = None
         if usage_wire is not None:
             usage = self.usage = _usage(usage_wire)
         if choices or usage is not None:
-            out.append(_chunk(rid, choices, usage))
+            out.append(make_chunk(rid, choices, usage))
 
     # -- tool calls ------------------------------------------------------------------------------
 
@@ -780,9 +698,9 @@ class ChatCompletionAssembler:
             if state.open is not None:
                 _, call = self._complete(state, state.open)
                 state.open = None
-                choices.append(_choice(_delta(None, None, [call], None), index, None))
+                choices.append(make_choice(make_delta(None, None, [call], None), index, None))
         if choices:
-            out.append(_chunk(self._rid, choices, None))
+            out.append(make_chunk(self._rid, choices, None))
 
     # -- errors ----------------------------------------------------------------------------------
 

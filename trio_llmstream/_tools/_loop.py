@@ -117,11 +117,9 @@ async def _run_steps(
                 if not end.response.function_calls:
                     loop.stop_reason = "no_tool_calls"
                     return
-                chat_ctx.add_message(
-                    role="assistant",
-                    content=end.response.text or None,
-                    tool_calls=end.response.function_calls,
-                )
+                # The whole assistant turn, provider items included, so the next request
+                # replays it exactly (thinking signatures and the like).
+                chat_ctx.append(end.response.message())
                 chat_ctx.add_tool_outcomes(end.outcomes)
             loop.stop_reason = "max_steps"
     except Exception as exc:
