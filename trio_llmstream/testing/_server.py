@@ -11,9 +11,13 @@ How it works. :func:`open_mock_server` runs hypercorn's trio worker on ``127.0.0
 free port the kernel picks) in a nursery of its own, waits until it listens, and yields a
 :class:`MockLLMServer`. The application is a plain ASGI callable written here: it answers the
 lifespan protocol, reads each request body in full, records the request, and picks a
-response: the server's ``handler`` if it returns one, else, for
-``POST <prefix>/chat/completions``, the next scripted response from the queue (or a 500 saying
-no script was left), else a 404.
+response: the server's ``handler`` if it returns one, else, for a POST to a *generation
+endpoint* under the prefix, the next scripted response from the queue (or a 500 saying no
+script was left), else a 404. The generation endpoints are those of every wire protocol the
+library speaks: ``<prefix>/chat/completions`` (OpenAI-compatible), ``<prefix>/responses``
+(OpenAI Responses), ``<prefix>/messages`` (Anthropic, whose clients add ``/v1`` themselves:
+give them ``server.origin``) and ``<prefix>/models/{model}:streamGenerateContent`` (Gemini), so
+one server can play any protocol, or several in turn.
 
 Disconnects. While a response plays, a second task waits on the ASGI ``receive`` callable.
 Once the request body has been read, the only message that can arrive there is
@@ -230,8 +234,17 @@ class MockLLMServer:
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
-        """The recorded requests to ``POST <prefix>/chat/completions``, in order."""
-        return [r for r in self.requests if r.method == "POST" and r.path == self._chat_path]
+        """The recorded POSTs to a generation endpoint (any protocol's), in order."""
+        return [r for r in self.requests if r.method == "POST" and self._generates(r.path)]
+
+    def _generates(self, path: str) -> bool:
+        prefix = self._prefix
+        if not path.startswith(prefix + "/"):
+            return False
+        rest = path[len(prefix):]
+        if rest in ("/chat/completions", "/responses", "/messages"):
+            return True
+        return rest.startswith("/models/") and rest.endswith(":streamGenerateContent")
 
     @property
     def last_request(self) -> RecordedRequest:
@@ -251,8 +264,8 @@ class MockLLMServer:
     def enqueue(self, *responses: ResponseLike) -> None:
         """Append scripted responses to the queue.
 
-        Each ``POST <prefix>/chat/completions`` that the handler does not answer takes the next
-        one, in order. A response is a :class:`~trio_llmstream.testing.MockResponse` or a
+        Each POST to a generation endpoint (see the module docstring) that the handler does
+        not answer takes the next one, in order. A response is a :class:`~trio_llmstream.testing.MockResponse` or a
         sequence of steps (a 200 stream). The same response may be enqueued many times; it is
         compiled once if it is a ``MockResponse`` or the same tuple of steps each time (as the
         builders return), while a list is compiled again at every use.
@@ -412,13 +425,13 @@ class MockLLMServer:
                 record.exception = exc
                 record.error = f"handler raised {type(exc).__name__}: {exc}"
                 return error_response(500, f"mock server: {record.error}", type="mock_server_error")
-        if record.method == "POST" and record.path == self._chat_path:
+        if record.method == "POST" and self._generates(record.path):
             if self._queue:
                 return self._queue.popleft()
             record.unscripted = True
             record.error = (
                 f"no scripted response left for request #{record.index} "
-                f"(POST {self._chat_path}); {self._enqueued} were enqueued and all were used"
+                f"(POST {record.path}); {self._enqueued} were enqueued and all were used"
             )
             return error_response(500, f"mock server: {record.error}", type="mock_server_error")
         record.error = f"no route for {record.method} {record.path}"
