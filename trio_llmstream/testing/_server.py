@@ -265,8 +265,8 @@ class MockLLMServer:
         """Append scripted responses to the queue.
 
         Each POST to a generation endpoint (see the module docstring) that the handler does
-        not answer takes the next one, in order. A response is a :class:`~trio_llmstream.testing.MockResponse` or a
-        sequence of steps (a 200 stream). The same response may be enqueued many times; it is
+        not answer takes the next one, in order. A response is a
+        :class:`~trio_llmstream.testing.MockResponse` or a sequence of steps (a 200 stream). The same response may be enqueued many times; it is
         compiled once if it is a ``MockResponse`` or the same tuple of steps each time (as the
         builders return), while a list is compiled again at every use.
         """
