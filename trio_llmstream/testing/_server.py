@@ -266,9 +266,10 @@ class MockLLMServer:
 
         Each POST to a generation endpoint (see the module docstring) that the handler does
         not answer takes the next one, in order. A response is a
-        :class:`~trio_llmstream.testing.MockResponse` or a sequence of steps (a 200 stream). The same response may be enqueued many times; it is
-        compiled once if it is a ``MockResponse`` or the same tuple of steps each time (as the
-        builders return), while a list is compiled again at every use.
+        :class:`~trio_llmstream.testing.MockResponse` or a sequence of steps (a 200 stream).
+        The same response may be enqueued many times; it is compiled once if it is a
+        ``MockResponse`` or the same tuple of steps each time (as the builders return), while
+        a list is compiled again at every use.
         """
         converted = [self._coerce(response) for response in responses]
         self._queue.extend(converted)
