@@ -134,7 +134,7 @@ import trio
 
 from ._exceptions import SegmentError
 from ._models import ChatChunk, StreamStatus
-from ._util import NoPublicConstructor, open_owner_nursery
+from ._util import InBandError, NoPublicConstructor, open_owner_nursery
 
 __all__ = [
     "Segment",
@@ -530,8 +530,7 @@ class Turn(Generic[T], metaclass=NoPublicConstructor):
         self._handlers_release = trio.Event()
         self._producer_scope = trio.CancelScope()
         self._current: _SegmentState | None = None
-        self._error: SegmentError | None = None
-        self._error_raised = False
+        self._failure: InBandError[SegmentError] = InBandError()
         self._stopped = False
         self._receiving = False
         self._after_end = False
@@ -563,13 +562,14 @@ class Turn(Generic[T], metaclass=NoPublicConstructor):
         try:
             item = await self._recv.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
-            error = self._error
-            if error is not None and not self._error_raised and not self._stopped:
-                self._error_raised = True
-                raise error  # noqa: B904 - the turn's own error, raised in-band
-            raise StopAsyncIteration from None
+            ended = True
+        else:
+            ended = False
         finally:
             self._receiving = False
+        if ended:
+            self._failure.raise_once(closed=self._stopped)
+            raise StopAsyncIteration
         if self._stopped:
             # Taken after an interruption: it never reaches the consumer and counts for nothing.
             raise StopAsyncIteration
@@ -709,7 +709,7 @@ class Turn(Generic[T], metaclass=NoPublicConstructor):
     @property
     def status(self) -> StreamStatus:
         """``RUNNING``, then ``COMPLETED``, ``FAILED`` or ``CANCELLED`` (see ``TurnReport``)."""
-        if self._error is not None:
+        if self._failure.error is not None:
             return StreamStatus.FAILED
         if all(s.completed_at is not None for s in self._segments):
             return StreamStatus.COMPLETED
@@ -720,7 +720,7 @@ class Turn(Generic[T], metaclass=NoPublicConstructor):
     @property
     def error(self) -> SegmentError | None:
         """The error that ended the turn, if a source failed (also when not yet raised)."""
-        return self._error
+        return self._failure.error
 
     @property
     def report(self) -> TurnReport:
@@ -728,7 +728,7 @@ class Turn(Generic[T], metaclass=NoPublicConstructor):
         return TurnReport(
             status=self.status,
             segments=tuple(s.report() for s in self._segments),
-            error=self._error,
+            error=self._failure.error,
         )
 
     @property
@@ -758,7 +758,7 @@ class Turn(Generic[T], metaclass=NoPublicConstructor):
                         self._read_ahead(state.index, ahead)
                         await self._run_segment(state)
                 except SegmentError as exc:
-                    self._error = exc
+                    self._failure.error = exc
                 finally:
                     # Nothing read ahead outlives the segment sequence.
                     ahead.cancel_scope.cancel()

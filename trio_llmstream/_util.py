@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import trio
 
-__all__ = ["NoPublicConstructor", "open_owner_nursery"]
+__all__ = ["InBandError", "NoPublicConstructor", "open_owner_nursery"]
 
 _T = TypeVar("_T")
+_E = TypeVar("_E", bound=BaseException)
 
 
 class NoPublicConstructor(type):
@@ -56,4 +57,29 @@ async def open_owner_nursery(
             raise body_exc
         finally:
             body_exc = None  # break the frame <-> traceback reference cycle
+
+
+class InBandError(Generic[_E]):
+    """The one rule for the error of the library's iterators (a stream, a turn, a tool loop).
+
+    The error is raised *in band*: from the iterator, after every item delivered before it,
+    exactly once (a second call ends iteration), never after the owning block has exited (the
+    error then stays readable as ``.error``), and as the very exception object that ended the
+    source, so ``except StreamInterrupted`` and ``__cause__`` work as expected. Call
+    :meth:`raise_once` when the items are exhausted, outside any ``except`` block, so the
+    exception's ``__context__`` is not overwritten with the end-of-channel signal.
+    """
+
+    __slots__ = ("error", "raised")
+
+    def __init__(self) -> None:
+        self.error: _E | None = None
+        self.raised = False
+
+    def raise_once(self, *, closed: bool = False) -> None:
+        """Raise the error if there is one, it was not raised yet and ``closed`` is false."""
+        error = self.error
+        if error is not None and not self.raised and not closed:
+            self.raised = True
+            raise error
 

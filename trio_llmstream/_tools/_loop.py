@@ -35,7 +35,7 @@ from .._llm import LLM, MetricsCallback
 from .._models import ChatChunk, ChatContext, CollectedResponse, LLMMetrics, ToolChoice
 from .._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from .._stream import DEFAULT_BUFFER_SIZE, LLMStream, open_llm_stream
-from .._util import NoPublicConstructor, open_owner_nursery
+from .._util import InBandError, NoPublicConstructor, open_owner_nursery
 from ._execute import DEFAULT_TOOL_OPTIONS, ToolCallHandle, ToolOptions, ToolOutcome
 from ._function import FunctionTool, as_function_tool
 
@@ -71,8 +71,9 @@ class ToolLoop(metaclass=NoPublicConstructor):
 
     def __init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel[ToolLoopEvent](0)
-        self._error: BaseException | None = None
-        self._error_raised = False
+        self._failure: InBandError[BaseException] = InBandError()
+        # The block exited: iteration ends, the error stays readable as ``error``.
+        self._closed = False
         self._done = trio.Event()
         self.steps: list[StepEnd] = []
         #: Why the loop ended (None while it runs, or if it failed or was cancelled).
@@ -89,15 +90,15 @@ class ToolLoop(metaclass=NoPublicConstructor):
         try:
             return await self._recv.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
-            await self._done.wait()
-            if self._error is not None and not self._error_raised:
-                self._error_raised = True
-                raise self._error from None
-            raise StopAsyncIteration from None
+            pass
+        await self._done.wait()
+        self._failure.raise_once(closed=self._closed)
+        raise StopAsyncIteration
 
     @property
     def error(self) -> BaseException | None:
-        return self._error
+        """The loop's error (a step's stream error, say), or None."""
+        return self._failure.error
 
 
 async def _run_steps(
@@ -123,7 +124,7 @@ async def _run_steps(
                 chat_ctx.add_tool_outcomes(end.outcomes)
             loop.stop_reason = "max_steps"
     except Exception as exc:
-        loop._error = exc
+        loop._failure.error = exc
     finally:
         loop._done.set()
 
@@ -242,6 +243,11 @@ async def open_tool_loop(
         )
 
     loop = ToolLoop._create()
-    async with open_owner_nursery(lambda _: nursery.cancel_scope.cancel()) as nursery:
+
+    def exit_block(_body_exc: BaseException | None) -> None:
+        loop._closed = True
+        nursery.cancel_scope.cancel()
+
+    async with open_owner_nursery(exit_block) as nursery:
         nursery.start_soon(_run_steps, loop, open_step, chat_ctx, tool_options, max_steps)
         yield loop
