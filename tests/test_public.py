@@ -56,3 +56,16 @@ def test_timeout_error_names_its_limit() -> None:
     assert err.limit == "first_token"
     assert err.retryable
     assert "first_token" in str(err)
+
+
+def test_every_public_enum_says_what_it_is() -> None:
+    import enum
+
+    import trio_llmstream.testing as testing
+
+    for module in (trio_llmstream, testing):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, enum.Enum):
+                doc = obj.__doc__ or ""
+                assert doc and not doc.startswith("An enumeration"), name

@@ -83,8 +83,11 @@ class PlanAction(enum.Enum):
     a delay: what the server does at a :class:`Stall`, a :class:`DropConnection` or an
     :class:`EndStream`."""
 
+    #: Stop sending and hold the response open until the client leaves or the server stops.
     STALL = "stall"
+    #: Abort the connection mid-body (the client sees EOF inside a chunked body).
     DROP = "drop"
+    #: Finish the body here, whatever steps follow.
     END = "end"
 
 

@@ -40,6 +40,8 @@ __all__ = [
 
 
 class FaultKind(enum.Enum):
+    """How a scripted attempt fails (see :class:`Fault`)."""
+
     #: Raise ``Fault.error`` (an APIError; its ``retryable`` decides retries).
     ERROR = "error"
     #: Stop sending and hang until cancelled (for timeouts).
