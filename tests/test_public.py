@@ -68,4 +68,5 @@ def test_every_public_enum_says_what_it_is() -> None:
             obj = getattr(module, name)
             if isinstance(obj, type) and issubclass(obj, enum.Enum):
                 doc = obj.__doc__ or ""
-                assert doc and not doc.startswith("An enumeration"), name
+                assert doc, name
+                assert not doc.startswith("An enumeration"), name

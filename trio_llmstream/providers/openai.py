@@ -446,6 +446,11 @@ class OpenAILLM(LLM):
     A caller-supplied ``http_client`` is used as given (transport, limits, proxies) and never
     closed here; otherwise the provider owns one, closed by ``aclose()`` / ``async with``.
     ``extra_headers`` and ``extra_body`` are added to every request.
+
+    Cancellation: an attempt (``run_attempt``) cancelled at any point, by the runtime's time
+    limits or because the consumer left, closes its response and connection at once and reads
+    no further byte; ``aclose()`` is not cancellable in effect (closing the client's pool is
+    bounded and shielded by httpx).
     """
 
     def __init__(
