@@ -449,8 +449,8 @@ class OpenAILLM(LLM):
 
     Cancellation: an attempt (``run_attempt``) cancelled at any point, by the runtime's time
     limits or because the consumer left, closes its response and connection at once and reads
-    no further byte; ``aclose()`` is not cancellable in effect (closing the client's pool is
-    bounded and shielded by httpx).
+    no further byte. ``aclose()`` closes the client the provider owns; cancelled midway, it may
+    leave pooled idle connections to be closed when the client is garbage-collected.
     """
 
     def __init__(
