@@ -49,8 +49,11 @@ class FlakyJournal(Journal):
         elif not value:
             self._thawed.set()
 
-    async def create_run(self, run_id: str) -> None:
-        await self.inner.create_run(run_id)
+    async def create_run(self, run_id: str, *, meta: bytes | None = None) -> None:
+        await self.inner.create_run(run_id, meta=meta)
+
+    async def meta(self, run_id: str) -> bytes | None:
+        return await self.inner.meta(run_id)
 
     async def append(self, run_id: str, entries: Sequence[JournalEntry]) -> int:
         self.append_calls += 1
