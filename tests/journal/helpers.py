@@ -33,6 +33,7 @@ class FlakyJournal(Journal):
         self._thawed = trio.Event()
         self._thawed.set()
         self.down = False  # every writer op fails at once
+        self.latency = 0.0  # each append takes this long (a round trip to a remote journal)
         self.append_calls = 0
         self.batches: list[int] = []
         self.heartbeats = 0
@@ -60,6 +61,8 @@ class FlakyJournal(Journal):
         if self.frozen:
             await self._thawed.wait()
         action = self.plan.popleft() if self.plan else "ok"
+        if self.latency:
+            await trio.sleep(self.latency)
         if self.down or action == "before":
             await trio.lowlevel.checkpoint()
             raise JournalUnavailable("injected: the write failed", run_id=run_id)

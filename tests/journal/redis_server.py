@@ -121,7 +121,9 @@ class RedisClusterServers:
     joined and given all 16384 slots by ``redis-cli --cluster create``. ``stop`` stops every
     node (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, directory: Path, masters: int = 3) -> None:
+    def __init__(
+        self, directory: Path, masters: int = 3, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.binary = redis_server_binary()
         cli = shutil.which("redis-cli")
         if not cli:
@@ -130,6 +132,7 @@ class RedisClusterServers:
         self.cli = cli
         self.directory = directory
         self.masters = masters
+        self.extra_args = extra_args
         self.ports: list[int] = []
         self.processes: list[subprocess.Popen[bytes]] = []
 
@@ -156,6 +159,7 @@ class RedisClusterServers:
                 "--dir", str(node_dir),
                 "--daemonize", "no",
                 "--logfile", str(node_dir / "redis.log"),
+                *self.extra_args,
             ]
             self.ports.append(port)
             self.processes.append(
@@ -202,8 +206,10 @@ class RedisClusterServers:
 
 
 @contextlib.contextmanager
-def running_redis_cluster(directory: Path, masters: int = 3) -> Iterator[RedisClusterServers]:
-    cluster = RedisClusterServers(directory, masters)
+def running_redis_cluster(
+    directory: Path, masters: int = 3, extra_args: tuple[str, ...] = ()
+) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(directory, masters, extra_args)
     cluster.start()
     try:
         yield cluster

@@ -42,6 +42,7 @@ followers can never starve the writers of connections.
 from __future__ import annotations
 
 import math
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -546,12 +547,18 @@ async def open_redis_journal(
     client: coredis.Redis[bytes] | coredis.RedisCluster[bytes]
     blocking: coredis.Redis[bytes] | coredis.RedisCluster[bytes]
     if cluster:
+        # The startup node given explicitly: coredis 6.9's from_url would otherwise pass it
+        # in a deprecated form and warn (DeprecationWarning) at every client made.
+        from coredis.connection import TCPLocation
+
+        parts = urllib.parse.urlsplit(url)
+        start = [TCPLocation(parts.hostname or "127.0.0.1", parts.port or 6379)]
         client = coredis.RedisCluster.from_url(
-            url, decode_responses=False, retry_policy=NoRetryPolicy(),
+            url, decode_responses=False, retry_policy=NoRetryPolicy(), startup_nodes=start,
             connect_timeout=connect_timeout, max_connections=max_connections,
         )
         blocking = coredis.RedisCluster.from_url(
-            url, decode_responses=False, retry_policy=NoRetryPolicy(),
+            url, decode_responses=False, retry_policy=NoRetryPolicy(), startup_nodes=start,
             connect_timeout=connect_timeout, max_connections=max_blocking_connections,
         )
     else:
