@@ -181,11 +181,13 @@ class _Queue:
     """
 
     __slots__ = ("_data", "_room", "batch_size", "broken", "closed", "entries", "full",
-                 "limit", "times")
+                 "limit", "timed", "times")
 
-    def __init__(self, limit: int, batch_size: int) -> None:
+    def __init__(self, limit: int, batch_size: int, timed: bool) -> None:
         self.entries: collections.deque[JournalEntry] = collections.deque()
-        self.times: collections.deque[float] = collections.deque()  # when each was queued
+        # When each entry was queued: needed only to hold batches (flush_interval > 0).
+        self.timed = timed
+        self.times: collections.deque[float] = collections.deque()
         self.limit = limit
         self.batch_size = batch_size
         self.full = min(batch_size, limit)  # this many queued: write now
@@ -204,7 +206,8 @@ class _Queue:
         if self.broken or self.closed:
             raise _Broken
         self.entries.append(entry)
-        self.times.append(trio.current_time())
+        if self.timed:
+            self.times.append(trio.current_time())
         n = len(self.entries)
         if n == 1 or n >= self.full or entry.end is not None:
             self._data.set()
@@ -233,8 +236,9 @@ class _Queue:
     def take(self) -> list[JournalEntry]:
         n = min(len(self.entries), self.batch_size)
         batch = [self.entries.popleft() for _ in range(n)]
-        for _ in range(n):
-            self.times.popleft()
+        if self.timed:
+            for _ in range(n):
+                self.times.popleft()
         self._room.set()
         return batch
 
@@ -262,7 +266,7 @@ class _Recorder:
         self.rng = rng
         self.seq = first_seq
         self.first_seq = first_seq
-        self.queue = _Queue(options.max_pending, options.batch_size)
+        self.queue = _Queue(options.max_pending, options.batch_size, options.flush_interval > 0)
         self.tracker = _EndTracker()
         self.pending: ChatChunk | None = None  # taken from the source, not yet queued
         self.end: JournalEntry | None = None  # the terminal entry, once queued
@@ -447,7 +451,7 @@ class _Recorder:
                         return
                     await queue.wait_data()
                     continue
-                if not queue.ready():
+                if interval > 0 and not queue.ready():
                     deadline = queue.times[0] + interval
                     if trio.current_time() < deadline:
                         await queue.wait_data(deadline)

@@ -91,7 +91,9 @@ return 1
 """
 
 # KEYS: entries, meta. ARGV: ttl_ms, max_entries, the RunTooLong end's data ('' when the
-# batch cannot exceed max_entries), first seq, then kind, data per entry.
+# batch cannot exceed max_entries), first seq, the last entry's kind ('c' or 'e': every other
+# entry is a chunk), then each entry's data. (One argument per entry, not two: each costs the
+# client as much work as a whole chunk's encoding.)
 # -> {1, last} stored (or already stored); {-1, 0} no run; {-2, last} gap; {-3, end} closed;
 #    {-4, 0} malformed batch (a terminal entry not last); {-5, end} ended, too long (now or
 #    before).
@@ -101,15 +103,16 @@ if not m[1] then return {-1, 0} end
 local last = tonumber(m[1])
 local max = tonumber(ARGV[2])
 local first = tonumber(ARGV[4])
-local n = (#ARGV - 4) / 2
+local lastkind = ARGV[5]
+local n = #ARGV - 5
 if m[2] then
   -- Ended: only a retry of entries already stored passes, and at the terminal's seq only
   -- that very terminal (a writer's entry colliding with a seal does not).
   local endseq = tonumber(m[2])
   for i = 0, n - 1 do
     local seq = first + i
-    if seq >= endseq and (seq ~= endseq or ARGV[5 + 2 * i] ~= 'e'
-                          or ARGV[6 + 2 * i] ~= m[3]) then
+    if seq >= endseq and (seq ~= endseq or i ~= n - 1 or lastkind ~= 'e'
+                          or ARGV[6 + i] ~= m[3]) then
       if m[4] then return {-5, endseq} end
       return {-3, endseq}
     end
@@ -119,15 +122,13 @@ end
 if first + n - 1 <= last then return {1, last} end
 local skip = last + 1 - first
 if skip < 0 then return {-2, last} end
-for i = 0, n - 2 do
-  if ARGV[5 + 2 * i] ~= 'c' then return {-4, 0} end
-end
 local seq = last
 local code = 1
 for i = skip, n - 1 do
   seq = first + i
-  local kind = ARGV[5 + 2 * i]
-  local data = ARGV[6 + 2 * i]
+  local kind = 'c'
+  if i == n - 1 then kind = lastkind end
+  local data = ARGV[6 + i]
   if seq > max and (kind == 'c' or seq > max + 1) then
     -- Past the cap: end the run in place of the first entry that does not fit. (Python
     -- passes the end's data whenever a batch reaches past the cap.)
@@ -365,19 +366,20 @@ class RedisJournal(Journal):
         reaches_past_cap = last.seq > self.max_entries + (0 if last.end is None else 1)
         # The RunTooLong ending, sent only with a batch that may need it.
         too_long = encode_end(too_long_end(run_id, self.max_entries)) if reaches_past_cap else b""
-        args: list[str | int | bytes] = [self._ttl_ms, self.max_entries, too_long,
-                                         entries[0].seq]
+        first = entries[0].seq
+        args: list[str | int | bytes] = [self._ttl_ms, self.max_entries, too_long, first,
+                                         b"c" if last.end is None else b"e"]
         for i, entry in enumerate(entries):
-            if entry.seq != entries[0].seq + i or (entry.end is not None and i < len(entries) - 1):
+            chunk_ = entry.chunk
+            if chunk_ is not None and entry.seq == first + i:
+                args.append(encode_chunk(chunk_))
+            elif entry.end is not None and entry is last and entry.seq == first + i:
+                args.append(encode_end(entry.end))
+            else:
                 raise JournalCorrupted(
                     f"run {run_id!r}: a batch holds consecutive entries, a terminal one last",
                     run_id=run_id,
                 )
-            if entry.chunk is not None:
-                args += (b"c", encode_chunk(entry.chunk))
-            else:
-                assert entry.end is not None
-                args += (b"e", encode_end(entry.end))
 
         async def op() -> Any:
             return await self._append(keys=keys, args=args)
