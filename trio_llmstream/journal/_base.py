@@ -38,6 +38,7 @@ from __future__ import annotations
 import abc
 import collections
 import itertools
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -290,7 +291,10 @@ class Follower:
         self._rng = rng or random.Random()
         self._buffer: collections.deque[JournalEntry] = collections.deque()
         self._done = False
+        # The next read waits up to _wait seconds, but never past _abandon_at: the time at
+        # which the run, as last seen, would reach the abandonment limit if nothing happens.
         self._wait = 0.0
+        self._abandon_at = math.inf
         self._idle: float | None = None
 
     @property
@@ -322,14 +326,20 @@ class Follower:
                 return entry
             if self._done:
                 raise StopAsyncIteration
-            page = await self._read(self._wait)
+            wait = max(0.0, min(self._wait, self._abandon_at - trio.current_time()))
+            page = await self._read(wait)
             if page.entries:
                 self._buffer.extend(page.entries)
                 self._fetched = page.entries[-1].seq
                 if page.entries[-1].end is not None:
                     self._done = True
-                self._wait = 0.0
+                # Next time, go straight to waiting for more (one round trip, not a look
+                # then a wait: a live follower is one write behind, not two reads), bounded
+                # by when the run would become abandoned, as this page saw it.
+                self._abandon_at = trio.current_time() + self._abandon_after - page.info.idle
+                self._wait = self._poll
                 continue
+            self._abandon_at = math.inf
             info = page.info
             self._idle = info.idle
             if info.end_seq is not None and info.end_seq <= self._fetched:
