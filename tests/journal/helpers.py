@@ -38,6 +38,7 @@ class FlakyJournal(Journal):
         self.batches: list[int] = []
         self.heartbeats = 0
         self.writes: list[tuple[float, int]] = []  # (time, last seq) of successful appends
+        self.read_waits: list[float] = []  # the wait of every read
 
     @property
     def frozen(self) -> bool:
@@ -85,6 +86,7 @@ class FlakyJournal(Journal):
     async def read(
         self, run_id: str, *, after: int = 0, limit: int = 256, wait: float = 0.0
     ) -> JournalPage:
+        self.read_waits.append(wait)
         return await self.inner.read(run_id, after=after, limit=limit, wait=wait)
 
     async def seal_abandoned(self, run_id: str, *, idle_limit: float) -> bool:

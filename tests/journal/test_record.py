@@ -119,6 +119,22 @@ async def test_the_defaults_batch_only_under_load(autojump_clock: MockClock) -> 
     check_run(await read_all(flaky, "a"), chunks(1000), StreamStatus.COMPLETED)
 
 
+async def test_a_live_follower_waits_for_the_next_entry_in_one_read(
+    autojump_clock: MockClock,
+) -> None:
+    # After each entry, the follower's next read waits for more at once (a Redis follower:
+    # one blocking read, not a look and then a blocking read, which added a round trip to
+    # every live entry); only its very first read looks without waiting.
+    flaky = FlakyJournal(MemoryJournal())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(record, flaky, "a", Source([*chunks(5), DONE], delay=0.1))
+        got = await read_all(flaky, "a")
+    check_run(got, chunks(5), StreamStatus.COMPLETED)
+    assert flaky.read_waits[0] == 0.0
+    assert all(w > 0 for w in flaky.read_waits[1:]), flaky.read_waits
+    assert len(flaky.read_waits) <= 1 + 6
+
+
 async def test_a_follower_sees_a_write_within_the_flush_interval(autojump_clock: MockClock) -> None:
     journal = MemoryJournal()
     options = RecordOptions(batch_size=1000, flush_interval=0.05)
