@@ -520,6 +520,11 @@ async def open_redis_journal(
 ) -> AsyncIterator[RedisJournal]:
     """Connect to Redis at ``url`` and yield a :class:`RedisJournal` for the block.
 
+    ``max_entries``: the most chunk entries a run may hold (default 100,000); a write past it
+    ends the run with a ``RunTooLong`` terminal entry. Nothing of a live run is ever trimmed;
+    a run's keys expire ``ttl`` seconds after its last write or heartbeat (an ended run's:
+    after its end).
+
     ``cluster=True``: ``url`` is any node of a Redis Cluster (``redis://host:port``); the
     clients discover the others and send each run's commands to the node that holds its slot
     (both keys of a run share it: see the module docstring), following redirections when
