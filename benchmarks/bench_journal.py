@@ -6,13 +6,18 @@ Without ``--redis`` a private ``redis-server`` is started on a free loopback por
 persistence) and stopped at the end. Everything is measured in the same run:
 
 1. Write throughput: ``record()`` of a source that yields chunks as fast as it can, until the
-   terminal entry is written, in chunks per second. Batched (the defaults: up to 64 entries
-   per write) versus one write per chunk (``batch_size=1``), for MemoryJournal and
-   RedisJournal; and, as the floor for Redis, the same chunks sent as bare ``XADD``s (one per
-   round trip, and pipelined 64 at a time) without the journal's Lua script, TTL or checks.
+   terminal entry is written, in chunks per second (median of paired rounds: the configs take
+   turns, so a noisy neighbour hits them alike). The defaults (write whatever is ready as soon
+   as the previous write is done, up to 256 entries: batches form only under load) against
+   the former policy (64 entries, held up to 10 ms) and one write per chunk, for
+   MemoryJournal and RedisJournal; and, as the floor for Redis, the same chunks sent as bare
+   ``XADD``s (one per round trip, and pipelined 64 at a time) without the journal's Lua
+   script, TTL or checks.
 2. Latency: a source paced like a fast model (one chunk every 5 ms); the time from the
    recorder taking a chunk from the source to a live follower (``journal.follow``) returning
-   it; percentiles, for ``flush_interval`` 10 ms (the default) and 0 (write at once).
+   it; percentiles, for the defaults and the former 10 ms timer.
+3. Both at once: the throughput run of 1. on Redis with the defaults and a live follower, its
+   lag under that load; then the targets of the performance issue, with these figures.
 """
 
 from __future__ import annotations
@@ -105,7 +110,51 @@ async def throughput(journal: Journal, chunks: list[ChatChunk], options: RecordO
     result = await record(journal, run, fast_source(chunks), options=options)
     elapsed = time.perf_counter() - start
     assert result.chunks == len(chunks), result
+    await journal.delete_run(run)
     return len(chunks) / elapsed
+
+
+async def paired_throughput(
+    journal: Journal, configs: dict[str, tuple[RecordOptions, int]], rounds: int, tag: str
+) -> dict[str, float]:
+    """Median chunks/s per config over ``rounds`` rounds, the configs taking turns."""
+    rates: dict[str, list[float]] = {name: [] for name in configs}
+    for r in range(rounds):
+        for name, (options, n) in configs.items():
+            run = f"{tag}-{r}-{len(rates[name])}-{abs(hash(name)) % 10_000}"
+            rates[name].append(await throughput(journal, make_chunks(n), options, run))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+async def throughput_with_follower(journal: Journal, n: int, options: RecordOptions,
+                                   run: str) -> tuple[float, list[float]]:
+    """Throughput of a source that never waits, with a live follower: chunks/s and the
+    follower's lag per chunk (from the recorder taking it to the follower returning it)."""
+    chunks = make_chunks(n)
+    taken: list[float] = [0.0] * (n + 1)
+    lags: list[float] = []
+
+    async def timed() -> AsyncIterator[ChatChunk | RunEnd]:
+        for seq, chunk in enumerate(chunks, 1):
+            taken[seq] = time.perf_counter()
+            yield chunk
+        yield DONE
+
+    elapsed = 0.0
+
+    async def write(task_status: trio.TaskStatus[None]) -> None:
+        nonlocal elapsed
+        start = time.perf_counter()
+        await record(journal, run, timed(), options=options, task_status=task_status)
+        elapsed = time.perf_counter() - start
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(write)
+        async for entry in journal.follow(run, page_size=1024):
+            if entry.chunk is not None:
+                lags.append(time.perf_counter() - taken[entry.seq])
+    await journal.delete_run(run)
+    return n / elapsed, lags
 
 
 async def raw_xadd(client: Any, key: str, chunks: list[ChatChunk], pipeline: int) -> float:
@@ -159,47 +208,71 @@ async def main(redis_url: str, quick: bool) -> None:
     n_fast = 5_000 if quick else 20_000
     n_slow = 1_000 if quick else 4_000
     n_lat = 100 if quick else 400
-    batched = RecordOptions()  # batch_size 64, flush_interval 10 ms
-    per_chunk = RecordOptions(batch_size=1, flush_interval=0.0)
+    rounds = 2 if quick else 5
+    defaults = RecordOptions()  # write at once when idle; under load up to 256 per write
+    former = RecordOptions(batch_size=64, flush_interval=0.01)  # the policy before
+    per_chunk = RecordOptions(batch_size=1)
     print(f"trio_llmstream.journal benchmarks (python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} cpus; redis {redis_url})\n")
+          f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}; redis {redis_url})\n")
 
-    print("1. write throughput: record() of a source that never waits, to the terminal entry")
-    rows: list[tuple[str, float]] = []
+    print(f"1. write throughput: record() of a source that never waits, to the terminal entry "
+          f"(median of {rounds} paired rounds)")
+    labels = {
+        "defaults": "defaults (at once when idle, <=256/write)",
+        "former": "former (64/write, 10 ms timer)",
+        "per chunk": "one write per chunk",
+    }
     memory = MemoryJournal(max_entries=100_000)
-    rows.append(("memory, batched (64/write)", await throughput(memory, make_chunks(n_fast),
-                                                               batched, "m1")))
-    rows.append(("memory, one write per chunk", await throughput(memory, make_chunks(n_fast),
-                                                                per_chunk, "m2")))
+    mem = await paired_throughput(memory, {
+        "defaults": (defaults, n_fast), "former": (former, n_fast),
+        "per chunk": (per_chunk, n_fast)}, rounds, "m")
+    rows: list[tuple[str, float]] = [(f"memory, {labels[k]}", v) for k, v in mem.items()]
     prefix = f"bench-{os.getpid()}"
-    async with open_redis_journal(redis_url, prefix=prefix, maxlen=100_000) as redis:
-        rows.append(("redis, batched (64/write)", await throughput(
-            redis, make_chunks(n_fast), batched, "r1")))
-        rows.append(("redis, one write per chunk", await throughput(
-            redis, make_chunks(n_slow), per_chunk, "r2")))
+    async with open_redis_journal(redis_url, prefix=prefix, max_entries=100_000) as redis:
+        red = await paired_throughput(redis, {
+            "defaults": (defaults, n_fast), "former": (former, n_fast),
+            "per chunk": (per_chunk, n_slow)}, rounds, "r")
+        rows += [(f"redis, {labels[k]}", v) for k, v in red.items()]
         rows.append(("redis floor: bare XADD, pipelined 64", await raw_xadd(
             redis.client, f"{prefix}:raw1", make_chunks(n_fast), 64)))
         rows.append(("redis floor: bare XADD, one per round trip", await raw_xadd(
             redis.client, f"{prefix}:raw2", make_chunks(n_slow), 1)))
-        for key in (f"{prefix}:raw1", f"{prefix}:raw2", *redis.keys("r1"), *redis.keys("r2")):
+        for key in (f"{prefix}:raw1", f"{prefix}:raw2"):
             await redis.client.delete([key])
         for name, rate in rows:
-            print(f"   {name:<44} {rate:>10,.0f} chunks/s")
+            print(f"   {name:<56} {rate:>10,.0f} chunks/s")
         r = dict(rows)
-        print(f"   batched / per chunk: memory x{r['memory, batched (64/write)'] / r['memory, one write per chunk']:.1f}, "
-              f"redis x{r['redis, batched (64/write)'] / r['redis, one write per chunk']:.1f}")
-        print(f"   journal / bare XADD: batched {r['redis, batched (64/write)'] / r['redis floor: bare XADD, pipelined 64']:.2f}, "
-              f"per chunk {r['redis, one write per chunk'] / r['redis floor: bare XADD, one per round trip']:.2f}")
+        print(f"   defaults / former: memory x{mem['defaults'] / mem['former']:.2f}, "
+              f"redis x{red['defaults'] / red['former']:.2f}")
+        print(f"   defaults / per chunk: memory x{mem['defaults'] / mem['per chunk']:.1f}, "
+              f"redis x{red['defaults'] / red['per chunk']:.1f}")
+        print(f"   journal / bare XADD: defaults "
+              f"{red['defaults'] / r['redis floor: bare XADD, pipelined 64']:.2f}, per chunk "
+              f"{red['per chunk'] / r['redis floor: bare XADD, one per round trip']:.2f}")
 
-        print(f"\n2. write-to-follower latency: one chunk every 5 ms, {n_lat} chunks, a live follower")
-        immediate = RecordOptions(flush_interval=0.0)
+        print(f"\n2. write-to-follower latency: one chunk every 5 ms, {n_lat} chunks, "
+              "a live follower")
+        idle_p50: dict[str, float] = {}
         for name, journal in (("memory", memory), ("redis", redis)):
-            for label, options in (("flush_interval 10 ms", batched), ("flush_interval 0", immediate)):
-                run = f"lat-{name}-{label.split()[-2]}"
+            for label, options in (("defaults", defaults), ("former (10 ms timer)", former)):
+                run = f"lat-{name}-{label.split()[0]}"
                 lags = await latency(journal, n_lat, 0.005, options, run)
+                await journal.delete_run(run)
+                idle_p50[f"{name} {label}"] = statistics.median(lags)
                 print(f"   {name:<7} {label:<21} {percentiles(lags)}")
-        for run in ("lat-redis-10", "lat-redis-0"):
-            await redis.delete_run(run)
+
+        print(f"\n3. both at once, redis, defaults: {n_fast} chunks as fast as the source "
+              "gives them, a live follower")
+        loaded_rate, loaded_lags = await throughput_with_follower(redis, n_fast, defaults, "both")
+        print(f"   {loaded_rate:>10,.0f} chunks/s;  follower lag under that load: "
+              f"{percentiles(loaded_lags)}")
+        p50 = idle_p50["redis defaults"] * 1000
+        print("\n   targets (performance issue): journal on Redis, defaults")
+        print(f"   - throughput >= 90,000 chunks/s: {red['defaults']:,.0f} "
+              f"({'met' if red['defaults'] >= 90_000 else 'NOT met'}; with a live follower "
+              f"{loaded_rate:,.0f})")
+        print(f"   - write -> live follower p50 <= 1 ms: {p50:.2f} ms "
+              f"({'met' if p50 <= 1.0 else 'NOT met'})")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 
 from trio_llmstream.journal import RedisJournal, open_redis_journal
 
-from .redis_server import RedisServer, running_redis
+from .redis_server import RedisClusterServers, RedisServer, running_redis, running_redis_cluster
 
 HERE = pathlib.Path(__file__).parent
 
@@ -36,7 +36,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(autouse=True)
 def _collect_coredis_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    if "redis_server" in request.fixturenames or "tmp_path" in request.fixturenames:
+    if {"redis_server", "redis_cluster", "open_journal", "tmp_path"} & set(
+        request.fixturenames
+    ):
+        # The test's fixture values (a journal, its clients and their pools) would otherwise
+        # stay reachable through the test item until the session ends: drop them first.
+        request.node.funcargs.clear()  # type: ignore[attr-defined]
         gc.collect()
 
 
@@ -44,6 +49,13 @@ def _collect_coredis_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     with running_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster on loopback for the session, stopped at its end."""
+    with running_redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 def unique_prefix() -> str:

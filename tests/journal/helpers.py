@@ -33,10 +33,12 @@ class FlakyJournal(Journal):
         self._thawed = trio.Event()
         self._thawed.set()
         self.down = False  # every writer op fails at once
+        self.latency = 0.0  # each append takes this long (a round trip to a remote journal)
         self.append_calls = 0
         self.batches: list[int] = []
         self.heartbeats = 0
         self.writes: list[tuple[float, int]] = []  # (time, last seq) of successful appends
+        self.read_waits: list[float] = []  # the wait of every read
 
     @property
     def frozen(self) -> bool:
@@ -49,14 +51,19 @@ class FlakyJournal(Journal):
         elif not value:
             self._thawed.set()
 
-    async def create_run(self, run_id: str) -> None:
-        await self.inner.create_run(run_id)
+    async def create_run(self, run_id: str, *, meta: bytes | None = None) -> None:
+        await self.inner.create_run(run_id, meta=meta)
+
+    async def meta(self, run_id: str) -> bytes | None:
+        return await self.inner.meta(run_id)
 
     async def append(self, run_id: str, entries: Sequence[JournalEntry]) -> int:
         self.append_calls += 1
         if self.frozen:
             await self._thawed.wait()
         action = self.plan.popleft() if self.plan else "ok"
+        if self.latency:
+            await trio.sleep(self.latency)
         if self.down or action == "before":
             await trio.lowlevel.checkpoint()
             raise JournalUnavailable("injected: the write failed", run_id=run_id)
@@ -79,6 +86,7 @@ class FlakyJournal(Journal):
     async def read(
         self, run_id: str, *, after: int = 0, limit: int = 256, wait: float = 0.0
     ) -> JournalPage:
+        self.read_waits.append(wait)
         return await self.inner.read(run_id, after=after, limit=limit, wait=wait)
 
     async def seal_abandoned(self, run_id: str, *, idle_limit: float) -> bool:

@@ -25,7 +25,9 @@ from trio_llmstream.journal import (
     JournalCorrupted,
     JournalEntry,
     JournalError,
+    RunClosed,
     RunEnd,
+    RunTooLong,
     StreamAbandoned,
     decode_chunk,
     decode_end,
@@ -205,6 +207,25 @@ def test_exceptions_belong_to_the_library_tree() -> None:
     assert err.retryable
     assert err.last_seq == 4
     assert "2.5 s" in str(err)
+    too_long = RunTooLong("run 'r' is too long", run_id="r", end_seq=11, max_entries=10)
+    assert isinstance(too_long, RunClosed)
+    assert (too_long.end_seq, too_long.max_entries, too_long.retryable) == (11, 10, False)
+
+
+def test_the_too_long_ending_is_recognised_after_a_round_trip() -> None:
+    from trio_llmstream.journal._memory import abandoned_end, too_long_end
+
+    end = decode_end(encode_end(too_long_end("r", 10)))
+    assert end.too_long
+    assert not end.abandoned
+    assert end.status is StreamStatus.FAILED
+    assert end.error is not None
+    assert not end.error.retryable
+    assert "10 entries" in end.error.message
+    sealed = decode_end(encode_end(abandoned_end("r", 3.0)))
+    assert sealed.abandoned
+    assert not sealed.too_long
+    assert not RunEnd(StreamStatus.COMPLETED, "stop").too_long
 
 
 def test_sse_format() -> None:

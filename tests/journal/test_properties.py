@@ -3,11 +3,14 @@
 Hypothesis draws a source (chunks with delays and one of five endings: an explicit end, an
 error followed by [DONE], a typed error raised, just stopping, or the writer cancelled at a
 drawn time), the recorder's batching, a plan of failed writes (failing before the write, or
-after it as if the reply was lost), and readers that disconnect after a few entries, pause,
-and resume from their position or from before it. Whatever happens:
+after it as if the reply was lost), the journal's ``max_entries`` (often below the run's
+length), and readers that disconnect after a few entries, pause, and resume from their
+position or from before it. Whatever happens:
 
 - the journal holds, as entries 1..n, exactly the chunks the source yielded before its
-  ending, each once and in order, then exactly one terminal entry, the one expected;
+  ending, each once and in order, then exactly one terminal entry, the one expected; or, if
+  they were more than ``max_entries``, the first ``max_entries`` of them and a ``RunTooLong``
+  ending (a live run is bounded, never trimmed);
 - every reader connection got exactly the entries after the position it asked for, in order,
   without gap or duplicate, equal to the journal's, and its last connection ended with the
   terminal entry.
@@ -71,6 +74,7 @@ class Scenario:
     plan: list[str]
     cancel_at: float
     readers: list[ReaderSpec]
+    max_entries: int
 
     def items(self) -> list[ChatChunk | RunEnd]:
         items: list[ChatChunk | RunEnd] = list(self.chunks)
@@ -122,6 +126,7 @@ def scenarios(draw: st.DrawFn, *, delays: list[float], cancel_max: float) -> Sce
         plan=draw(st.lists(st.sampled_from(["ok", "ok", "before", "after"]), max_size=10)),
         cancel_at=draw(st.floats(0, cancel_max)),
         readers=readers,
+        max_entries=draw(st.one_of(st.just(1000), st.integers(1, 8))),
     )
 
 
@@ -184,10 +189,22 @@ async def run_scenario(journal: Journal, sc: Scenario) -> None:
     yielded = items[: source.yielded]
     first_end = next((i for i, x in enumerate(yielded) if isinstance(x, RunEnd)), len(yielded))
     expected_chunks = [x for x in yielded[:first_end] if isinstance(x, ChatChunk)]
-    end = check_run(final, expected_chunks)
-    if out.cancelled:
+    if len(expected_chunks) > sc.max_entries:
+        # Too long: the journal kept the first max_entries chunks and ended the run.
+        end = check_run(final, expected_chunks[: sc.max_entries], StreamStatus.FAILED)
+        assert end.too_long
+        assert end.error is not None
+        assert end.error.type == "RunTooLong"
+        if not out.cancelled:
+            assert out.result is not None
+            assert out.result.end == final[-1]
+            assert out.result.chunks == sc.max_entries
+    elif out.cancelled:
+        end = check_run(final, expected_chunks)
         assert end == RunEnd(StreamStatus.CANCELLED, end.finish_reason)
     else:
+        end = check_run(final, expected_chunks)
+        assert not end.too_long
         assert out.result is not None
         assert out.result.end == final[-1]
         assert out.result.chunks == len(expected_chunks)
@@ -216,7 +233,7 @@ PROFILE_EXAMPLES = settings.default.max_examples
 @given(scenarios(delays=[0.0, 0.01, 0.1, 1.0], cancel_max=5.0))
 def test_memory_journal_properties(sc: Scenario) -> None:
     async def main() -> None:
-        await run_scenario(MemoryJournal(max_entries=1000), sc)
+        await run_scenario(MemoryJournal(max_entries=sc.max_entries), sc)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -226,7 +243,9 @@ def test_memory_journal_properties(sc: Scenario) -> None:
 @given(sc=scenarios(delays=[0.0, 0.001, 0.004, 0.01], cancel_max=0.05))
 def test_redis_journal_properties(redis_server: RedisServer, sc: Scenario) -> None:
     async def main() -> None:
-        async with open_redis_journal(redis_server.url, prefix=unique_prefix()) as journal:
+        async with open_redis_journal(
+            redis_server.url, prefix=unique_prefix(), max_entries=sc.max_entries
+        ) as journal:
             with trio.fail_after(20):
                 await run_scenario(journal, sc)
 

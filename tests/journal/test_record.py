@@ -83,6 +83,58 @@ async def test_flush_interval_zero_writes_each_entry_at_once(autojump_clock: Moc
     assert flaky.batches == [1, 1, 1, 1, 1, 1]
 
 
+async def test_the_defaults_write_at_once_when_the_writer_has_nothing_more(
+    autojump_clock: MockClock,
+) -> None:
+    # A source paced like a model: each chunk is written the moment it arrives (no timer
+    # holds it back), so a live follower has it at once.
+    t0 = trio.current_time()
+    flaky = FlakyJournal(MemoryJournal())
+    seen_at: dict[int, float] = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(record, flaky, "a", Source([*chunks(5), DONE], delay=0.1))
+        async for entry in flaky.follow("a"):
+            seen_at[entry.seq] = trio.current_time() - t0
+    assert flaky.batches == [1, 1, 1, 1, 1, 1]
+    assert [round(t - t0, 6) for t, _ in flaky.writes] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    assert [round(seen_at[i], 6) for i in range(1, 7)] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+
+
+async def test_the_defaults_batch_only_under_load(autojump_clock: MockClock) -> None:
+    # Each write takes 10 ms (a round trip); the source has 1,000 chunks ready at once. The
+    # first goes out (nearly) alone, at once; the rest queue up during each write and go out
+    # together (up to batch_size), so the writes are few and none waits for a timer.
+    t0 = trio.current_time()
+    flaky = FlakyJournal(MemoryJournal())
+    flaky.latency = 0.01
+    options = RecordOptions()
+    result = await record(flaky, "a", Source([*chunks(1000), DONE]), options=options)
+    # (1 or 2: what the source had put in when trio ran the flusher, woken by the first.)
+    assert flaky.batches[0] <= 2
+    assert max(flaky.batches) == options.batch_size
+    assert sum(flaky.batches) == 1001
+    assert len(flaky.batches) <= 2 + 1000 // options.batch_size
+    assert trio.current_time() - t0 == pytest.approx(0.01 * len(flaky.batches))
+    assert result.flushes == len(flaky.batches)
+    check_run(await read_all(flaky, "a"), chunks(1000), StreamStatus.COMPLETED)
+
+
+async def test_a_live_follower_waits_for_the_next_entry_in_one_read(
+    autojump_clock: MockClock,
+) -> None:
+    # After each entry, the follower's next read waits for more at once (a Redis follower:
+    # one blocking read, not a look and then a blocking read, which added a round trip to
+    # every live entry); only its very first read looks without waiting.
+    flaky = FlakyJournal(MemoryJournal())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(record, flaky, "a", Source([*chunks(5), DONE], delay=0.1))
+        got = await read_all(flaky, "a")
+    check_run(got, chunks(5), StreamStatus.COMPLETED)
+    assert flaky.read_waits[0] == 0.0
+    assert all(w > 0 for w in flaky.read_waits[1:]), flaky.read_waits
+    assert len(flaky.read_waits) <= 1 + 6
+
+
 async def test_a_follower_sees_a_write_within_the_flush_interval(autojump_clock: MockClock) -> None:
     journal = MemoryJournal()
     options = RecordOptions(batch_size=1000, flush_interval=0.05)
@@ -159,8 +211,11 @@ async def test_a_journal_outage_applies_backpressure_with_bounded_memory(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(record, flaky, "a", source, options=options))
         await trio.sleep(10)
-        # 4 in the batch being written, 8 queued, 1 in hand, waiting for room.
-        assert source.yielded == 4 + 8 + 1
+        # In the write that hangs, whatever was ready when the flusher took it (1 or 2
+        # entries, as trio happens to schedule the two tasks; never more than batch_size),
+        # 8 queued, 1 in hand, waiting for room.
+        assert 1 + 8 + 1 <= source.yielded <= 4 + 8 + 1
+        assert len(flaky.inner._runs["a"].entries) == 0  # type: ignore[attr-defined]
         # The journal stays unreachable: cancelling cannot write an ending either, so the
         # run's followers end by abandonment.
         nursery.cancel_scope.cancel()
@@ -235,8 +290,8 @@ async def test_a_frozen_writer_is_abandoned_exactly_at_the_limit(autojump_clock:
         nursery.start_soon(freeze)
         with pytest.raises(StreamAbandoned) as exc:
             await read_all(inner, "a", abandon_after=3.0)
-        # Last write at t=2.0 (the entry of t=2.0, flushed at once: interval 0.01) ...
-        assert trio.current_time() - t0 == pytest.approx(2.01 + 3.0)
+        # Last write at t=2.0 (the entry of t=2.0, written at once) ...
+        assert trio.current_time() - t0 == pytest.approx(2.0 + 3.0)
         assert exc.value.last_seq == 4
         # ... a second reader ends the same way at once, and the writer, back, is refused.
         with trio.fail_after(0.001), pytest.raises(StreamAbandoned):
@@ -451,13 +506,21 @@ async def test_max_runs_evicts_ended_runs_then_refuses(autojump_clock: MockClock
         await journal.create_run("d")  # "b" and "c" are live
 
 
-async def test_per_run_cap_bounds_memory(autojump_clock: MockClock) -> None:
+async def test_a_run_is_bounded_by_max_entries_never_trimmed(autojump_clock: MockClock) -> None:
+    # Formerly the oldest entries of a live run were dropped past max_entries; now the run is
+    # ended there (RunTooLong) and everything it holds stays readable from seq 1.
     journal = MemoryJournal(max_entries=100)
-    await record(journal, "a", Source([*chunks(10_000), DONE]))
+    source = Source([*chunks(10_000), DONE])
+    result = await record(journal, "a", source)
     run = journal._runs["a"]
-    assert len(run.entries) < 100 + 100 // 8
-    assert run.entries[-1].is_terminal
-    assert run.last_seq == 10_001
+    assert len(run.entries) == 101
+    assert run.first_seq == 1
+    assert run.entries[-1] == result.end
+    assert result.end.end is not None
+    assert result.end.end.too_long
+    assert result.chunks == 100
+    assert source.yielded < 10_000  # the source was stopped, not drained
+    check_run(await read_all(journal, "a"), chunks(100), StreamStatus.FAILED)
 
 
 async def test_a_source_that_is_not_async_iterable_is_refused_before_the_run_exists(

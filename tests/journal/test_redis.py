@@ -1,4 +1,5 @@
-"""RedisJournal against a real redis-server: TTL, MAXLEN, restarts, dead writers, outages."""
+"""RedisJournal against a real redis-server: TTL, no trimming, restarts, dead writers,
+outages."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from coredis.tokens import PureToken
 
 from trio_llmstream import ChatChunk, Choice, ChoiceDelta, StreamStatus
 from trio_llmstream.journal import (
+    EntriesExpired,
     JournalEntry,
     JournalUnavailable,
     RecordOptions,
@@ -41,19 +44,41 @@ def chunks(n: int) -> list[ChatChunk]:
     return [chunk(i) for i in range(1, n + 1)]
 
 
-async def test_ttl_and_maxlen_are_applied(redis_server: RedisServer) -> None:
+async def test_ttl_is_applied_and_runs_are_never_trimmed(redis_server: RedisServer) -> None:
     async with open_redis_journal(
-        redis_server.url, prefix=unique_prefix(), ttl=30.0, maxlen=100
+        redis_server.url, prefix=unique_prefix(), ttl=30.0, max_entries=1000
     ) as journal:
-        await record(journal, "a", Source([*chunks(1000), DONE]))
+        await record(journal, "a", Source([*chunks(1000), DONE]), meta=b"m")
         entries_key, meta_key = journal.keys("a")
         for key in (entries_key, meta_key):
             assert 29_000 < await journal.client.pttl(key) <= 30_000
-        # MAXLEN ~ trims whole internal nodes (100 entries each by default).
-        assert 100 <= await journal.client.xlen(entries_key) < 300
+        # Every entry is kept (no MAXLEN), to the last chunk that fits and the ending.
+        assert await journal.client.xlen(entries_key) == 1001
         info = await journal.info("a")
-        assert (info.last_seq, info.end_seq) == (1001, 1001)
-        assert info.first_seq > 700
+        assert (info.first_seq, info.last_seq, info.end_seq) == (1, 1001, 1001)
+        # Past max_entries: ended, typed, still nothing trimmed.
+        result = await record(journal, "b", Source([*chunks(1500), DONE]))
+        assert result.end.end is not None
+        assert result.end.end.too_long
+        assert await journal.client.xlen(journal.keys("b")[0]) == 1001
+
+
+async def test_entries_missing_from_redis_are_reported_not_skipped(
+    redis_journal: RedisJournal,
+) -> None:
+    # The journal trims nothing, but data can be lost under it (a Redis restarted without
+    # persistence, an operator's XTRIM): a follower is told, never given a run with a hole.
+    await record(redis_journal, "a", Source([*chunks(100), DONE]))
+    entries_key, _ = redis_journal.keys("a")
+    await redis_journal.client.xtrim(entries_key, threshold=50, trim_strategy=PureToken.MAXLEN)
+    info = await redis_journal.info("a")
+    assert (info.first_seq, info.last_seq) == (52, 101)
+    with pytest.raises(EntriesExpired) as exc:
+        await read_all(redis_journal, "a", after=10)
+    assert (exc.value.after, exc.value.first_seq) == (10, 52)
+    tail = await read_all(redis_journal, "a", after=51)
+    check_run([*[JournalEntry(i, chunk=chunk(i)) for i in range(1, 52)], *tail], chunks(100),
+              StreamStatus.COMPLETED)
 
 
 async def test_runs_expire_ttl_after_their_last_write_or_heartbeat(

@@ -13,13 +13,16 @@
 
 A run is a gap-free sequence of entries numbered from 1 (``JournalEntry``: a ``ChatChunk``
 each) ending with exactly one terminal entry (``RunEnd``: completed, failed with the error,
-cancelled or truncated). :func:`record` writes one, batched, retried, with backpressure;
+cancelled or truncated). A live run is never trimmed; a run longer than the journal's
+``max_entries`` ends failed with a ``RunTooLong`` terminal entry. :func:`record` writes one,
+batched only under load, retried, with backpressure;
 :meth:`Journal.follow` reads one from any position, live, and ends with ``StreamAbandoned``
 when the writer has gone silent for too long. :func:`format_sse` and :class:`RelayApp` serve
 runs as server-sent events whose ``id`` is the seq, so browsers resume with
 ``Last-Event-ID``.
 """
 
+from ._base import MAX_META as MAX_META
 from ._base import Follower as Follower
 from ._base import Journal as Journal
 from ._base import JournalPage as JournalPage
@@ -41,6 +44,7 @@ from ._errors import JournalUnavailable as JournalUnavailable
 from ._errors import RunClosed as RunClosed
 from ._errors import RunExists as RunExists
 from ._errors import RunNotFound as RunNotFound
+from ._errors import RunTooLong as RunTooLong
 from ._errors import StreamAbandoned as StreamAbandoned
 from ._memory import MemoryJournal as MemoryJournal
 from ._record import DEFAULT_RECORD_OPTIONS as DEFAULT_RECORD_OPTIONS
@@ -57,6 +61,7 @@ from ._sse import parse_event_id as parse_event_id
 
 __all__ = [
     "DEFAULT_RECORD_OPTIONS",
+    "MAX_META",
     "EntriesExpired",
     "ErrorInfo",
     "Follower",
@@ -77,6 +82,7 @@ __all__ = [
     "RunExists",
     "RunInfo",
     "RunNotFound",
+    "RunTooLong",
     "StreamAbandoned",
     "decode_chunk",
     "decode_end",

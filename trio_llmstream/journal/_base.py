@@ -2,7 +2,9 @@
 
 A journal stores, per run id, a gap-free sequence of entries (``JournalEntry``, seq 1, 2,
 ...), ending with exactly one terminal entry, and a "last activity" time that the run's writer
-refreshes with every write and heartbeat. Backends implement six small operations; everything
+refreshes with every write and heartbeat, and optionally a few opaque bytes of metadata given
+at creation (``create_run(run_id, meta=...)``, read back with ``meta``: an owner's principal,
+a read token's hash...). Backends implement seven small operations; everything
 else (recording with batching and retries, following with resume and abandonment detection)
 is written here and in ``_record`` once, against the interface.
 
@@ -17,6 +19,11 @@ The invariants are enforced by the backend, atomically, not by the callers' care
   follower's seal is told, not fooled).
   A second terminal is therefore impossible, whoever tries to write it: the recorder after an
   error-then-[DONE] source, a follower sealing an abandoned run, or a writer that comes back.
+- A live run is never trimmed: a follower however slow gets every entry. A run's length is
+  bounded instead, by the backend's ``max_entries``: a write of a chunk past it stores what
+  fits and then, in the same atomic step, a ``RunTooLong`` terminal entry, and raises
+  ``RunTooLong``. Runs are forgotten only as a whole: ``ttl`` seconds after their last write
+  (for an ended run: after its end; a live writer's heartbeats keep its run), or deleted.
 
 Following. ``Follower`` pages through ``read`` from a position and then blocks in it (``wait``)
 for new entries, until it returns the terminal entry. Each read also reports how long the run
@@ -31,6 +38,7 @@ from __future__ import annotations
 import abc
 import collections
 import itertools
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -46,9 +54,19 @@ from ._errors import (
     StreamAbandoned,
 )
 
-__all__ = ["Follower", "Journal", "JournalPage", "RunInfo", "check_run_id"]
+__all__ = [
+    "MAX_META",
+    "Follower",
+    "Journal",
+    "JournalPage",
+    "RunInfo",
+    "check_meta",
+    "check_run_id",
+]
 
 MAX_RUN_ID = 200
+#: The most bytes of metadata a run can carry (``create_run(run_id, meta=...)``).
+MAX_META = 64 * 1024
 
 
 def check_run_id(run_id: str) -> str:
@@ -58,6 +76,17 @@ def check_run_id(run_id: str) -> str:
     if not run_id.isascii() or not run_id.isprintable() or any(c in run_id for c in " {}"):
         raise ValueError(f"a run id is printable ASCII without spaces or braces: {run_id!r}")
     return run_id
+
+
+def check_meta(meta: bytes | None) -> bytes | None:
+    """Validate a run's metadata: None, or bytes of at most ``MAX_META``."""
+    if meta is None:
+        return None
+    if not isinstance(meta, bytes):
+        raise TypeError(f"a run's metadata is bytes, not {type(meta).__name__}")
+    if len(meta) > MAX_META:
+        raise ValueError(f"a run's metadata is at most {MAX_META} bytes, not {len(meta)}")
+    return meta
 
 
 @attrs.frozen
@@ -116,11 +145,23 @@ class Journal(abc.ABC):
     """
 
     @abc.abstractmethod
-    async def create_run(self, run_id: str) -> None:
+    async def create_run(self, run_id: str, *, meta: bytes | None = None) -> None:
         """Create an empty, open run (last seq 0) and mark it active now.
 
-        Raises ``RunExists`` if the id is taken. Cancellation: if cancelled, the run may or
-        may not have been created.
+        ``meta``: opaque bytes (at most ``MAX_META``) stored with the run, atomically with
+        its creation, and kept, expired and deleted with it; read back with :meth:`meta`.
+        They cannot be changed afterwards, so whatever a relay stores there at creation (an
+        owner, a token's hash) is what every process later checks against.
+
+        Raises ``RunExists`` if the id is taken (the existing run's metadata is left as it
+        was). Cancellation: if cancelled, the run may or may not have been created.
+        """
+
+    @abc.abstractmethod
+    async def meta(self, run_id: str) -> bytes | None:
+        """The metadata the run was created with (None if it was created without).
+
+        Raises ``RunNotFound`` for an unknown or expired run. Cancellation: harmless.
         """
 
     @abc.abstractmethod
@@ -151,7 +192,7 @@ class Journal(abc.ABC):
         """Up to ``limit`` entries with seq > ``after``, with the run's current state.
 
         If there are none yet and the run is open, wait up to ``wait`` seconds for one.
-        Raises ``EntriesExpired`` if entries after ``after`` were trimmed away.
+        Raises ``EntriesExpired`` if entries after ``after`` are no longer stored.
         Cancellation: stops waiting; nothing is consumed, so just read again.
         """
 
@@ -208,8 +249,9 @@ class Follower:
             else:
                 ...  # entry.end: how the run ended; iteration stops after it
 
-    Gives every entry after ``after`` exactly once, in order, with no gap: if entries were
-    trimmed (the backend's per-run cap) it raises ``EntriesExpired`` instead of skipping.
+    Gives every entry after ``after`` exactly once, in order, with no gap, however slowly it
+    is iterated (journals do not trim live runs); if entries are missing all the same (data
+    lost) it raises ``EntriesExpired`` instead of skipping.
 
     Ends with ``StreamAbandoned`` (instead of the terminal entry) if the run has had no write
     and no heartbeat for ``abandon_after`` seconds, or was sealed for that reason by another
@@ -249,7 +291,10 @@ class Follower:
         self._rng = rng or random.Random()
         self._buffer: collections.deque[JournalEntry] = collections.deque()
         self._done = False
+        # The next read waits up to _wait seconds, but never past _abandon_at: the time at
+        # which the run, as last seen, would reach the abandonment limit if nothing happens.
         self._wait = 0.0
+        self._abandon_at = math.inf
         self._idle: float | None = None
 
     @property
@@ -281,14 +326,20 @@ class Follower:
                 return entry
             if self._done:
                 raise StopAsyncIteration
-            page = await self._read(self._wait)
+            wait = max(0.0, min(self._wait, self._abandon_at - trio.current_time()))
+            page = await self._read(wait)
             if page.entries:
                 self._buffer.extend(page.entries)
                 self._fetched = page.entries[-1].seq
                 if page.entries[-1].end is not None:
                     self._done = True
-                self._wait = 0.0
+                # Next time, go straight to waiting for more (one round trip, not a look
+                # then a wait: a live follower is one write behind, not two reads), bounded
+                # by when the run would become abandoned, as this page saw it.
+                self._abandon_at = trio.current_time() + self._abandon_after - page.info.idle
+                self._wait = self._poll
                 continue
+            self._abandon_at = math.inf
             info = page.info
             self._idle = info.idle
             if info.end_seq is not None and info.end_seq <= self._fetched:

@@ -39,6 +39,7 @@ from ._errors import JournalCorrupted
 
 __all__ = [
     "ABANDONED_ERROR_TYPE",
+    "TOO_LONG_ERROR_TYPE",
     "ErrorInfo",
     "JournalEntry",
     "RunEnd",
@@ -52,6 +53,8 @@ __all__ = [
 
 #: ``ErrorInfo.type`` of the terminal entry that seals an abandoned run.
 ABANDONED_ERROR_TYPE = "StreamAbandoned"
+#: ``ErrorInfo.type`` of the terminal entry that ends a run past the journal's ``max_entries``.
+TOO_LONG_ERROR_TYPE = "RunTooLong"
 # Error messages are bounded: an upstream server can put anything in an error body.
 MAX_ERROR_MESSAGE = 2000
 
@@ -125,6 +128,11 @@ class RunEnd:
     def abandoned(self) -> bool:
         """True for the end that a follower wrote to seal a run whose writer went silent."""
         return self.error is not None and self.error.type == ABANDONED_ERROR_TYPE
+
+    @property
+    def too_long(self) -> bool:
+        """True for the end that the journal wrote when the run exceeded ``max_entries``."""
+        return self.error is not None and self.error.type == TOO_LONG_ERROR_TYPE
 
 
 def _check_seq(_inst: object, _attr: attrs.Attribute[int], value: int) -> None:

@@ -9,8 +9,11 @@
     │   ├── RunNotFound                 no such run (never created, deleted or expired)
     │   ├── RunExists                   creating a run whose id is taken
     │   ├── RunClosed                   writing to a run that already has its terminal entry
-    │   ├── EntriesExpired              the entries after a resume position were trimmed
-    │   │                               (MAXLEN / per-run cap): resuming there would skip some
+    │   │   └── RunTooLong              ...because the run reached the journal's max_entries
+    │   │                               (the journal ended it with a RunTooLong terminal entry)
+    │   ├── EntriesExpired              the entries after a resume position are gone (data
+    │   │                               lost or from an older, trimming version): resuming
+    │   │                               there would skip some
     │   ├── JournalFull                 MemoryJournal: no room for another run
     │   └── JournalCorrupted            stored data that cannot be decoded, or a sequence gap
     └── StreamAbandoned                 the run's writer stopped: no write or heartbeat for
@@ -37,6 +40,7 @@ __all__ = [
     "RunClosed",
     "RunExists",
     "RunNotFound",
+    "RunTooLong",
     "StreamAbandoned",
 ]
 
@@ -81,8 +85,32 @@ class RunClosed(JournalError):
         self.end_seq = end_seq
 
 
+class RunTooLong(RunClosed):
+    """The run reached its journal's ``max_entries`` chunk entries and was ended for it.
+
+    A journal never trims a live run (a follower however slow must get every entry), so it
+    bounds a run's length instead: a write of a chunk past ``max_entries`` stores the chunks
+    that fit, then, atomically, a terminal entry (status failed, ``ErrorInfo.type ==
+    "RunTooLong"``) in place of the first chunk that did not fit, and raises this. Any later
+    write to the run raises it too. The recorder stops reading its source and returns that
+    ending; followers see it like any other terminal entry.
+
+    ``end_seq`` is the terminal entry's seq (``max_entries + 1``). Not retryable: the same
+    request would most likely run as long again.
+    """
+
+    def __init__(
+        self, message: str, *, run_id: str | None = None, end_seq: int = 0, max_entries: int = 0
+    ) -> None:
+        super().__init__(message, run_id=run_id, end_seq=end_seq)
+        self.max_entries = max_entries
+
+
 class EntriesExpired(JournalError):
-    """Entries after the requested position are gone (trimmed by the per-run cap / MAXLEN).
+    """Entries after the requested position are gone.
+
+    Journals trim no live run; this means data was lost (e.g. Redis restarted without
+    persistence) or the run was written by an older version that trimmed with ``MAXLEN``.
 
     ``after`` is the position asked for and ``first_seq`` the oldest entry still stored; a
     reader resuming at ``after`` would miss ``first_seq - after - 1`` entries, so it is told

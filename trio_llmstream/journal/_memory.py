@@ -2,10 +2,11 @@
 
 Runs live in an ordered dict kept in order of last activity, so expiry (``ttl`` seconds after
 the writer's last write or heartbeat, like Redis's EXPIRE refreshed on every write) is a scan
-from the front that stops at the first live run. Each run's entries are a list with the seq of
-its first element; the per-run cap drops the oldest entries in steps of an eighth of the cap
-(approximate, like Redis's ``MAXLEN ~``), so trimming costs O(1) per append amortised. Readers
-waiting for a run's next entry wait on the run's ``trio.Event``, replaced at every write.
+from the front that stops at the first live run. Each run's entries are a list, never trimmed:
+a run is bounded by ``max_entries`` chunks instead (past it, the journal ends the run with a
+``RunTooLong`` terminal entry), so memory is bounded by ``max_runs`` x (``max_entries`` + 1)
+entries. Readers waiting for a run's next entry wait on the run's ``trio.Event``, replaced at
+every write.
 
 Every operation is synchronous inside (no await between reading and writing the state), which
 makes each one atomic under trio's cooperative scheduling. Time is ``trio.current_time()``, so
@@ -22,11 +23,21 @@ from collections.abc import Sequence
 import trio
 
 from .._models import StreamStatus
-from ._base import Journal, JournalPage, RunInfo, check_page, check_run_id
-from ._entry import ABANDONED_ERROR_TYPE, ErrorInfo, JournalEntry, RunEnd
-from ._errors import JournalCorrupted, JournalFull, RunClosed, RunExists, RunNotFound
+from ._base import Journal, JournalPage, RunInfo, check_meta, check_page, check_run_id
+from ._entry import ABANDONED_ERROR_TYPE, TOO_LONG_ERROR_TYPE, ErrorInfo, JournalEntry, RunEnd
+from ._errors import (
+    JournalCorrupted,
+    JournalFull,
+    RunClosed,
+    RunExists,
+    RunNotFound,
+    RunTooLong,
+)
 
-__all__ = ["MemoryJournal", "abandoned_end"]
+__all__ = ["DEFAULT_MAX_ENTRIES", "MemoryJournal", "abandoned_end", "too_long_end"]
+
+#: Chunk entries a run may hold by default (a long answer is a few thousand).
+DEFAULT_MAX_ENTRIES = 100_000
 
 
 def abandoned_end(run_id: str, idle_limit: float) -> RunEnd:
@@ -44,15 +55,42 @@ def abandoned_end(run_id: str, idle_limit: float) -> RunEnd:
     )
 
 
-class _Run:
-    __slots__ = ("changed", "end", "end_seq", "entries", "first_seq", "last_active")
+def too_long_end(run_id: str, max_entries: int) -> RunEnd:
+    """The terminal record that ends a run which exceeded the journal's ``max_entries``."""
+    return RunEnd(
+        StreamStatus.FAILED,
+        error=ErrorInfo(
+            type=TOO_LONG_ERROR_TYPE,
+            message=(
+                f"run {run_id!r} exceeded the journal's limit of {max_entries} entries per run"
+            ),
+            retryable=False,
+        ),
+    )
 
-    def __init__(self, now: float) -> None:
+
+def too_long_error(run_id: str, end_seq: int, max_entries: int) -> RunTooLong:
+    return RunTooLong(
+        f"run {run_id!r} reached the journal's limit of {max_entries} entries and was ended "
+        f"(terminal entry {end_seq})",
+        run_id=run_id,
+        end_seq=end_seq,
+        max_entries=max_entries,
+    )
+
+
+class _Run:
+    __slots__ = ("changed", "end", "end_seq", "entries", "first_seq", "last_active", "meta",
+                 "too_long")
+
+    def __init__(self, now: float, meta: bytes | None) -> None:
         self.entries: list[JournalEntry] = []
         self.first_seq = 1
         self.end_seq: int | None = None
         self.end: JournalEntry | None = None
         self.last_active = now
+        self.meta = meta
+        self.too_long = False  # ended by the journal for exceeding max_entries
         self.changed = trio.Event()
 
     @property
@@ -67,22 +105,25 @@ class _Run:
 class MemoryJournal(Journal):
     """An in-process journal: fast, bounded, gone when the process exits.
 
-    Bounds: at most ``max_entries`` entries per run (the oldest are trimmed, in steps of an
-    eighth of the cap; a reader resuming before them gets ``EntriesExpired``), at most
-    ``max_runs`` runs (when full, expired runs go first, then the longest-idle ended run; if
-    every run is live, ``create_run`` raises ``JournalFull``), and each run expires ``ttl``
-    seconds after its last write or heartbeat.
+    Bounds: at most ``max_entries`` chunk entries per run (a write past it ends the run with
+    a ``RunTooLong`` terminal entry and raises ``RunTooLong``; live runs are never trimmed),
+    at most ``max_runs`` runs (when full, expired runs go first, then the longest-idle ended
+    run; if every run is live, ``create_run`` raises ``JournalFull``), and each run expires
+    ``ttl`` seconds after its last write or heartbeat (an ended run: after its end).
     """
 
     def __init__(
-        self, *, max_entries: int = 10_000, max_runs: int = 1_000, ttl: float = 3600.0
+        self,
+        *,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_runs: int = 1_000,
+        ttl: float = 3600.0,
     ) -> None:
         if max_entries < 1 or max_runs < 1 or not ttl > 0:
             raise ValueError("max_entries, max_runs and ttl must be positive")
         self.max_entries = max_entries
         self.max_runs = max_runs
         self.ttl = ttl
-        self._trim_step = max(1, max_entries // 8)
         self._runs: collections.OrderedDict[str, _Run] = collections.OrderedDict()
 
     def __repr__(self) -> str:
@@ -113,11 +154,6 @@ class MemoryJournal(Journal):
 
     def _store(self, run: _Run, new: Sequence[JournalEntry]) -> None:
         run.entries.extend(new)
-        excess = len(run.entries) - self.max_entries
-        if excess >= self._trim_step:
-            # Trim in steps, keeping fewer than max_entries + a step: O(1) amortised per entry.
-            del run.entries[:excess]
-            run.first_seq += excess
 
     def _info(self, run_id: str, run: _Run, now: float) -> RunInfo:
         return RunInfo(
@@ -135,10 +171,11 @@ class MemoryJournal(Journal):
 
     # -- the interface ---------------------------------------------------------------------------
 
-    async def create_run(self, run_id: str) -> None:
+    async def create_run(self, run_id: str, *, meta: bytes | None = None) -> None:
         """See :meth:`Journal.create_run`. Raises ``JournalFull`` when ``max_runs`` live runs
         exist. Cancellation: a checkpoint first; if cancelled there, nothing was created."""
         check_run_id(run_id)
+        check_meta(meta)
         await trio.lowlevel.checkpoint()
         now = trio.current_time()
         self._expire(now)
@@ -151,7 +188,12 @@ class MemoryJournal(Journal):
                     f"the journal holds {self.max_runs} live runs (max_runs)", run_id=run_id
                 )
             self._runs.pop(victim).notify()
-        self._runs[run_id] = _Run(now)
+        self._runs[run_id] = _Run(now, meta)
+
+    async def meta(self, run_id: str) -> bytes | None:
+        """See :meth:`Journal.meta`. Cancellation: a checkpoint first."""
+        await trio.lowlevel.checkpoint()
+        return self._get(run_id).meta
 
     async def append(self, run_id: str, entries: Sequence[JournalEntry]) -> int:
         """See :meth:`Journal.append`. Cancellation: a checkpoint first; if cancelled there,
@@ -164,6 +206,8 @@ class MemoryJournal(Journal):
             # only that very terminal (a writer's entry colliding with a seal does not).
             for entry in entries:
                 if entry.seq >= run.end.seq and entry != run.end:
+                    if run.too_long:
+                        raise too_long_error(run_id, run.end.seq, self.max_entries)
                     raise RunClosed(
                         f"run {run_id!r} already ended (terminal entry {run.end.seq})",
                         run_id=run_id,
@@ -185,12 +229,22 @@ class MemoryJournal(Journal):
                     f"run {run_id!r}: a batch holds consecutive entries, a terminal one last",
                     run_id=run_id,
                 )
+        limit = self.max_entries
+        over = new[-1].seq > limit and (new[-1].end is None or new[-1].seq > limit + 1)
+        if over:
+            # Past the cap: keep the chunks that fit and end the run in place of the first
+            # that does not (atomically: nothing awaits in between).
+            new = [e for e in new if e.seq <= limit]
+            new.append(JournalEntry(limit + 1, end=too_long_end(run_id, limit)))
+            run.too_long = True
         self._store(run, new)
         if new[-1].end is not None:
             run.end_seq = new[-1].seq
             run.end = new[-1]
         self._touch(run_id, run, trio.current_time())
         run.notify()
+        if over:
+            raise too_long_error(run_id, limit + 1, limit)
         return run.last_seq
 
     async def heartbeat(self, run_id: str) -> None:

@@ -12,15 +12,21 @@ nursery of its own for two helpers, so nothing outlives the call:
   is slow or down, the queue fills and the consumer stops pulling: backpressure reaches the
   source (an ``LLMStream`` then holds its provider, whose idle clock is paused meanwhile, and
   TCP flow control slows the LLM server) instead of memory growing;
-- the *flusher* takes entries from the queue and writes them in batches: a batch is written
-  as soon as it holds ``batch_size`` entries (or the queue is full) or the terminal entry, or
-  ``flush_interval`` seconds after its first entry was queued, whichever comes first. Memory
+- the *flusher* takes entries from the queue and writes them in batches: it takes whatever is
+  queued (up to ``batch_size``) as soon as it is free, writes it, and repeats. So an entry that
+  arrives while the flusher is idle is written at once (a live follower sees it one round trip
+  later), and batches form only under load, from what queued up during the previous write
+  (``flush_interval`` > 0 holds a batch up to that long to fill it instead). Memory
   is bounded by the ``max_pending`` queued entries plus the ``batch_size`` being written. A
   failed write keeps its batch and retries it with exponential backoff and jitter; because
   ``Journal.append`` is idempotent by seq, a write whose reply was lost and is retried stores
   nothing twice. After ``give_up_after`` seconds of uninterrupted failures ``record`` raises
   ``JournalUnavailable``; its run then has no terminal entry, and its followers end with
   ``StreamAbandoned`` once the heartbeats have stopped for their limit;
+- the length cap: the journal ends a run that exceeds its ``max_entries`` with a
+  ``RunTooLong`` terminal entry (atomically, in the backend) and refuses the write; the
+  flusher then stops the consumer (the source is no longer read, and its iterator closed as
+  usual), and ``record`` returns that ending (status failed, error type ``RunTooLong``);
 - the *heartbeat*: whenever no write succeeded for ``heartbeat_interval`` seconds (the model is
   thinking, or the consumer is slow), it marks the run alive, so followers can tell a quiet
   writer from a dead one.
@@ -62,7 +68,8 @@ from .._models import ChatChunk, StreamStatus
 from .._stream import LLMStream
 from ._base import Journal, check_run_id
 from ._entry import ErrorInfo, JournalEntry, RunEnd
-from ._errors import JournalError, JournalUnavailable, RunClosed
+from ._errors import JournalError, JournalUnavailable, RunClosed, RunTooLong
+from ._memory import too_long_end
 
 __all__ = ["DEFAULT_RECORD_OPTIONS", "RecordOptions", "RecordResult", "record"]
 
@@ -83,9 +90,11 @@ def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> No
 class RecordOptions:
     """How :func:`record` batches, retries and heartbeats. All times in seconds.
 
-    - ``batch_size``: entries per write at most; a batch is written once it is full...
-    - ``flush_interval``: ...or this long after its first entry arrived (0: at once; batches
-      then form only from what queued up during the previous write);
+    - ``batch_size``: entries per write at most;
+    - ``flush_interval``: how long a batch may wait to fill up (up to ``batch_size``) after
+      its first entry arrived. 0, the default: never wait; whatever is queued is written as
+      soon as the previous write is done, so a lone entry goes out at once and batches form
+      only under load, from what queued up during the previous write;
     - ``max_pending``: entries queued for writing (besides the batch being written) before
       the source is made to wait;
     - ``heartbeat_interval``: mark the run alive after this long without a write; followers'
@@ -97,8 +106,8 @@ class RecordOptions:
       the ``RunEnd`` it yielded.
     """
 
-    batch_size: int = attrs.field(default=64, validator=_positive)
-    flush_interval: float = attrs.field(default=0.01, validator=_non_negative)
+    batch_size: int = attrs.field(default=256, validator=_positive)
+    flush_interval: float = attrs.field(default=0.0, validator=_non_negative)
     max_pending: int = attrs.field(default=1024, validator=_positive)
     heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
     retry_initial: float = attrs.field(default=0.05, validator=_positive)
@@ -172,11 +181,13 @@ class _Queue:
     """
 
     __slots__ = ("_data", "_room", "batch_size", "broken", "closed", "entries", "full",
-                 "limit", "times")
+                 "limit", "timed", "times")
 
-    def __init__(self, limit: int, batch_size: int) -> None:
+    def __init__(self, limit: int, batch_size: int, timed: bool) -> None:
         self.entries: collections.deque[JournalEntry] = collections.deque()
-        self.times: collections.deque[float] = collections.deque()  # when each was queued
+        # When each entry was queued: needed only to hold batches (flush_interval > 0).
+        self.timed = timed
+        self.times: collections.deque[float] = collections.deque()
         self.limit = limit
         self.batch_size = batch_size
         self.full = min(batch_size, limit)  # this many queued: write now
@@ -195,7 +206,8 @@ class _Queue:
         if self.broken or self.closed:
             raise _Broken
         self.entries.append(entry)
-        self.times.append(trio.current_time())
+        if self.timed:
+            self.times.append(trio.current_time())
         n = len(self.entries)
         if n == 1 or n >= self.full or entry.end is not None:
             self._data.set()
@@ -224,8 +236,9 @@ class _Queue:
     def take(self) -> list[JournalEntry]:
         n = min(len(self.entries), self.batch_size)
         batch = [self.entries.popleft() for _ in range(n)]
-        for _ in range(n):
-            self.times.popleft()
+        if self.timed:
+            for _ in range(n):
+                self.times.popleft()
         self._room.set()
         return batch
 
@@ -252,7 +265,8 @@ class _Recorder:
         self.options = options
         self.rng = rng
         self.seq = first_seq
-        self.queue = _Queue(options.max_pending, options.batch_size)
+        self.first_seq = first_seq
+        self.queue = _Queue(options.max_pending, options.batch_size, options.flush_interval > 0)
         self.tracker = _EndTracker()
         self.pending: ChatChunk | None = None  # taken from the source, not yet queued
         self.end: JournalEntry | None = None  # the terminal entry, once queued
@@ -437,7 +451,7 @@ class _Recorder:
                         return
                     await queue.wait_data()
                     continue
-                if not queue.ready():
+                if interval > 0 and not queue.ready():
                     deadline = queue.times[0] + interval
                     if trio.current_time() < deadline:
                         await queue.wait_data(deadline)
@@ -445,7 +459,18 @@ class _Recorder:
                 # Taken from the queue now, kept here until written: a failed write is retried
                 # with the same batch.
                 batch = queue.take()
-                await self._write(batch)
+                try:
+                    await self._write(batch)
+                except RunTooLong as exc:
+                    # The journal ended the run at its length cap (its terminal entry is
+                    # stored): stop the source, and report that ending.
+                    self.end_written = JournalEntry(
+                        exc.end_seq, end=too_long_end(self.run_id, exc.max_entries)
+                    )
+                    self.chunks = max(0, exc.end_seq - self.first_seq)
+                    queue.break_()
+                    self.consume_scope.cancel()
+                    return
                 if batch[-1].end is not None:
                     self.end_written = batch[-1]
         except Exception as exc:
@@ -512,6 +537,7 @@ async def record(
     *,
     options: RecordOptions = DEFAULT_RECORD_OPTIONS,
     create: bool = True,
+    meta: bytes | None = None,
     rng: random.Random | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> RecordResult:
@@ -528,14 +554,18 @@ async def record(
     docstring for the exact rules). Every chunk is written exactly once, in order, as entries
     1, 2, ...; then exactly one terminal entry. With ``create`` (the default) the run is
     created first (``RunExists`` if the id is taken); otherwise it must exist, be open, and
-    the entries continue after its last one. ``task_status.started()`` is called once the run
+    the entries continue after its last one. ``meta``: opaque bytes stored with the run at its
+    creation (see :meth:`Journal.create_run`; only with ``create``).
+    ``task_status.started()`` is called once the run
     exists, so ``nursery.start(record, ...)`` returns when followers can find it.
 
     Raises ``JournalUnavailable`` if writes kept failing for ``options.give_up_after``
     seconds, ``RunClosed`` if someone else ended the run (a follower sealed it as abandoned),
     other ``JournalError``\\ s as they come, and the source's own exception after recording
     the failure if it is not an ``LLMStreamError``. An ``LLMStreamError`` from the source is
-    the run's outcome, recorded in the terminal entry, and not raised.
+    the run's outcome, recorded in the terminal entry, and not raised; so is the journal's
+    length cap: past its ``max_entries`` the run ends failed with error type ``RunTooLong``
+    (``result.end.end.too_long``), the source is no longer read, and ``record`` returns.
 
     The iterator taken from ``source`` is closed (``aclose()``) when recording ends, unless
     ``source`` is an ``LLMStream``, which its own ``async with`` closes.
@@ -547,8 +577,10 @@ async def record(
     check_run_id(run_id)
     if not isinstance(source, AsyncIterable):
         raise TypeError(f"record() needs an async iterable source, not {type(source).__name__}")
+    if meta is not None and not create:
+        raise ValueError("meta is stored when the run is created: it needs create=True")
     if create:
-        await journal.create_run(run_id)
+        await journal.create_run(run_id, meta=meta)
         first_seq = 1
     else:
         info = await journal.info(run_id)

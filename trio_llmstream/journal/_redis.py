@@ -1,11 +1,18 @@
 """``RedisJournal``: runs in Redis Streams, shared by every process that uses the same Redis.
 
-Layout. A run has two keys with the same hash tag (so they live on one cluster slot and a
-Lua script may touch both): ``{prefix}:{<run id>}:e``, a Redis Stream holding the entries,
-and ``{prefix}:{<run id>}:m``, a hash with ``last`` (the last seq stored), ``end`` and
+Layout. A run has two keys, ``<prefix>:{<run id>}:e``, a Redis Stream holding the entries,
+and ``<prefix>:{<run id>}:m``, a hash with ``last`` (the last seq stored), ``end`` and
 ``endd`` (the terminal entry's seq and data, once there is one: the data recognises a retry of
-that very entry) and ``hb`` (the writer's last activity, in ms of the *Redis server's* clock,
-so that processes whose clocks disagree still agree on idleness).
+that very entry), ``cap`` (set when the journal ended the run for exceeding ``max_entries``),
+``u`` (the run's metadata, if it was created with some) and ``hb`` (the writer's last
+activity, in ms of the *Redis server's* clock, so that processes whose clocks disagree still
+agree on idleness).
+
+Redis Cluster. A key's slot is the hash of its first ``{...}``; neither the prefix nor a run id
+may contain braces, so that hash tag is exactly the run id: both keys of a run are in one
+slot, on one node, and every script declares both in ``KEYS`` (it touches no other key), as a
+cluster requires. Different runs spread over the slots. The blocking ``XREAD`` names one key,
+so the cluster client sends it to that key's node.
 
 Entries are stream entries whose ID is ``<seq>-0``: reading after a position is ``XRANGE
 key (seq+1)-0 +`` and waiting for the next is ``XREAD BLOCK ms STREAMS key <seq>-0``, with no
@@ -14,9 +21,11 @@ translation table. Each entry has two fields, ``k`` (``c`` for a chunk, ``e`` fo
 
 Every write is one Lua script, so atomic: ``append`` checks the run exists, skips entries
 already stored (idempotent retries), refuses a gap and any new entry after a terminal one,
-then ``XADD``\\ s with ``MAXLEN ~ maxlen`` and refreshes ``last``, ``hb`` and both keys'
-TTL (``PEXPIRE``). ``seal_abandoned`` checks and seals in one script too, so a writer that
-comes back at that moment either wins (its write lands first) or finds the run closed.
+then ``XADD``\\ s (no ``MAXLEN``: a live run is never trimmed; past ``max_entries`` chunks it
+stores a ``RunTooLong`` terminal entry instead) and refreshes ``last``, ``hb`` and both keys'
+TTL (``PEXPIRE``): a run is forgotten as a whole, ``ttl`` after its last write.
+``seal_abandoned`` checks and seals in one script too, so a writer that comes back at that
+moment either wins (its write lands first) or finds the run closed.
 
 Errors are translated at one place, :meth:`RedisJournal._call`: connection errors, timeouts
 (``command_timeout``, enforced with a trio deadline), "loading" and read-only replies become
@@ -33,13 +42,14 @@ followers can never starve the writers of connections.
 from __future__ import annotations
 
 import math
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from ._base import Journal, JournalPage, RunInfo, check_page, check_run_id
+from ._base import Journal, JournalPage, RunInfo, check_meta, check_page, check_run_id
 from ._entry import (
     JournalEntry,
     decode_chunk,
@@ -55,7 +65,7 @@ from ._errors import (
     RunExists,
     RunNotFound,
 )
-from ._memory import abandoned_end
+from ._memory import DEFAULT_MAX_ENTRIES, abandoned_end, too_long_end, too_long_error
 
 if TYPE_CHECKING:
     import coredis
@@ -70,32 +80,40 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: entries, meta. ARGV: ttl_ms. -> 1 created, 0 exists.
+# KEYS: entries, meta. ARGV: ttl_ms[, metadata]. -> 1 created, 0 exists.
 _CREATE = _NOW + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[2], 'last', 0, 'hb', now)
+if #ARGV > 1 then redis.call('HSET', KEYS[2], 'u', ARGV[2]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: entries, meta. ARGV: ttl_ms, maxlen, first seq, then kind, data per entry.
+# KEYS: entries, meta. ARGV: ttl_ms, max_entries, the RunTooLong end's data ('' when the
+# batch cannot exceed max_entries), first seq, the last entry's kind ('c' or 'e': every other
+# entry is a chunk), then each entry's data. (One argument per entry, not two: each costs the
+# client as much work as a whole chunk's encoding.)
 # -> {1, last} stored (or already stored); {-1, 0} no run; {-2, last} gap; {-3, end} closed;
-#    {-4, 0} malformed batch (a terminal entry not last).
+#    {-4, 0} malformed batch (a terminal entry not last); {-5, end} ended, too long (now or
+#    before).
 _APPEND = _NOW + """
-local m = redis.call('HMGET', KEYS[2], 'last', 'end', 'endd')
+local m = redis.call('HMGET', KEYS[2], 'last', 'end', 'endd', 'cap')
 if not m[1] then return {-1, 0} end
 local last = tonumber(m[1])
-local first = tonumber(ARGV[3])
-local n = (#ARGV - 3) / 2
+local max = tonumber(ARGV[2])
+local first = tonumber(ARGV[4])
+local lastkind = ARGV[5]
+local n = #ARGV - 5
 if m[2] then
   -- Ended: only a retry of entries already stored passes, and at the terminal's seq only
   -- that very terminal (a writer's entry colliding with a seal does not).
   local endseq = tonumber(m[2])
   for i = 0, n - 1 do
     local seq = first + i
-    if seq >= endseq and (seq ~= endseq or ARGV[4 + 2 * i] ~= 'e'
-                          or ARGV[5 + 2 * i] ~= m[3]) then
+    if seq >= endseq and (seq ~= endseq or i ~= n - 1 or lastkind ~= 'e'
+                          or ARGV[6 + i] ~= m[3]) then
+      if m[4] then return {-5, endseq} end
       return {-3, endseq}
     end
   end
@@ -104,21 +122,39 @@ end
 if first + n - 1 <= last then return {1, last} end
 local skip = last + 1 - first
 if skip < 0 then return {-2, last} end
-for i = 0, n - 2 do
-  if ARGV[4 + 2 * i] ~= 'c' then return {-4, 0} end
-end
 local seq = last
+local code = 1
 for i = skip, n - 1 do
   seq = first + i
-  local kind = ARGV[4 + 2 * i]
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'k', kind,
-             'd', ARGV[5 + 2 * i])
-  if kind == 'e' then redis.call('HSET', KEYS[2], 'end', seq, 'endd', ARGV[5 + 2 * i]) end
+  local kind = 'c'
+  if i == n - 1 then kind = lastkind end
+  local data = ARGV[6 + i]
+  if seq > max and (kind == 'c' or seq > max + 1) then
+    -- Past the cap: end the run in place of the first entry that does not fit. (Python
+    -- passes the end's data whenever a batch reaches past the cap.)
+    seq = max + 1
+    kind = 'e'
+    data = ARGV[3]
+    code = -5
+    redis.call('HSET', KEYS[2], 'cap', 1)
+  end
+  redis.call('XADD', KEYS[1], seq .. '-0', 'k', kind, 'd', data)
+  if kind == 'e' then
+    redis.call('HSET', KEYS[2], 'end', seq, 'endd', data)
+    break
+  end
 end
 redis.call('HSET', KEYS[2], 'last', seq, 'hb', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return {1, seq}
+return {code, seq}
+"""
+
+# KEYS: entries, meta. -> {-1} no run; {1, metadata or false}
+_META = """
+local m = redis.call('HMGET', KEYS[2], 'last', 'u')
+if not m[1] then return {-1} end
+return {1, m[2]}
 """
 
 # KEYS: entries, meta. ARGV: ttl_ms. -> 1 done, 0 ended (no-op), -1 no run.
@@ -146,7 +182,7 @@ end
 return {1, tonumber(m[1]), tonumber(m[2] or -1), now - tonumber(m[3]), firstseq, entries}
 """
 
-# KEYS: entries, meta. ARGV: idle limit ms, end data, ttl_ms, maxlen.
+# KEYS: entries, meta. ARGV: idle limit ms, end data, ttl_ms.
 # -> 1 sealed, 0 not (ended already, or not idle long enough), -1 no run.
 _SEAL = _NOW + """
 local m = redis.call('HMGET', KEYS[2], 'last', 'end', 'hb')
@@ -154,7 +190,7 @@ if not m[1] then return -1 end
 if m[2] then return 0 end
 if now - tonumber(m[3]) < tonumber(ARGV[1]) then return 0 end
 local seq = tonumber(m[1]) + 1
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'k', 'e', 'd', ARGV[2])
+redis.call('XADD', KEYS[1], seq .. '-0', 'k', 'e', 'd', ARGV[2])
 redis.call('HSET', KEYS[2], 'last', seq, 'end', seq, 'endd', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -163,9 +199,19 @@ return 1
 
 
 def _unavailable_types() -> tuple[type[BaseException], ...]:
-    from coredis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError
+    from coredis.exceptions import (
+        BusyLoadingError,
+        ClusterDownError,
+        ClusterError,
+        ConnectionError,
+        ReadOnlyError,
+        TryAgainError,
+    )
 
-    return (ConnectionError, BusyLoadingError, ReadOnlyError, TimeoutError, OSError)
+    # Cluster: a slot without a node (failover under way), a slot being migrated (TRYAGAIN)
+    # or a cluster that cannot be reached are outages, retried by the recorder and followers.
+    return (ConnectionError, BusyLoadingError, ReadOnlyError, ClusterDownError, ClusterError,
+            TryAgainError, TimeoutError, OSError)
 
 
 def _redis_error_type() -> type[BaseException]:
@@ -197,35 +243,37 @@ def _entry(identifier: bytes | str, fields: Any) -> JournalEntry:
 class RedisJournal(Journal):
     """A journal in Redis Streams, shared by every process using the same Redis.
 
-    ``client`` is a ``coredis.Redis`` with ``decode_responses=False``, already entered
-    (``async with client``) by the caller; :func:`open_redis_journal` does both.
-    ``blocking_client``, if given (same requirements), serves the followers' blocking reads,
-    so that they cannot take every connection of ``client``'s pool from the writers. Keys start
-    with ``prefix``. Each run's keys expire ``ttl`` seconds after its last write or heartbeat
-    (``PEXPIRE`` at every write), and its stream keeps about ``maxlen`` entries (``XADD
-    MAXLEN ~``: Redis trims whole internal nodes, so a little more may stay). Every command
-    is bounded by ``command_timeout`` seconds; a blocking read by its wait plus that.
+    ``client`` is a ``coredis.Redis`` or ``coredis.RedisCluster`` with
+    ``decode_responses=False``, already entered (``async with client``) by the caller;
+    :func:`open_redis_journal` does both. ``blocking_client``, if given (same requirements),
+    serves the followers' blocking reads, so that they cannot take every connection of
+    ``client``'s pool from the writers. Keys start with ``prefix``. Each run's keys expire
+    ``ttl`` seconds after its last write or heartbeat (``PEXPIRE`` at every write; an ended
+    run: after its end). A live run is never trimmed; a run holds at most ``max_entries``
+    chunk entries (a write past it ends the run with a ``RunTooLong`` terminal entry and
+    raises ``RunTooLong``). Every command is bounded by ``command_timeout`` seconds; a
+    blocking read by its wait plus that.
     """
 
     def __init__(
         self,
-        client: coredis.Redis[bytes],
+        client: coredis.Redis[bytes] | coredis.RedisCluster[bytes],
         *,
-        blocking_client: coredis.Redis[bytes] | None = None,
+        blocking_client: coredis.Redis[bytes] | coredis.RedisCluster[bytes] | None = None,
         prefix: str = "trio_llmstream",
         ttl: float = 24 * 3600.0,
-        maxlen: int = 10_000,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
         command_timeout: float = 5.0,
     ) -> None:
-        if not ttl > 0 or maxlen < 1 or not command_timeout > 0:
-            raise ValueError("ttl, maxlen and command_timeout must be positive")
+        if not ttl > 0 or max_entries < 1 or not command_timeout > 0:
+            raise ValueError("ttl, max_entries and command_timeout must be positive")
         if any(c in prefix for c in "{} "):
             raise ValueError(f"the key prefix may not contain braces or spaces: {prefix!r}")
         self.client = client
         self.blocking_client = blocking_client or client
         self.prefix = prefix
         self.ttl = ttl
-        self.maxlen = maxlen
+        self.max_entries = max_entries
         self.command_timeout = command_timeout
         self._ttl_ms = max(1, math.ceil(ttl * 1000))
         self._create: Script[bytes] = client.register_script(_CREATE)
@@ -233,6 +281,7 @@ class RedisJournal(Journal):
         self._heartbeat: Script[bytes] = client.register_script(_HEARTBEAT)
         self._read: Script[bytes] = client.register_script(_READ)
         self._seal: Script[bytes] = client.register_script(_SEAL)
+        self._meta: Script[bytes] = client.register_script(_META)
         self._unavailable = _unavailable_types()
         self._redis_error = _redis_error_type()
 
@@ -281,15 +330,31 @@ class RedisJournal(Journal):
             f"no run {run_id!r} in Redis (never created, deleted or expired)", run_id=run_id
         )
 
-    async def create_run(self, run_id: str) -> None:
-        """See :meth:`Journal.create_run`. Cancellation: the run may or may not exist."""
+    async def create_run(self, run_id: str, *, meta: bytes | None = None) -> None:
+        """See :meth:`Journal.create_run`: one script, so the metadata is stored atomically
+        with the run. Cancellation: the run may or may not exist."""
         keys = self.keys(run_id)
+        check_meta(meta)
+        args: list[int | bytes] = [self._ttl_ms] if meta is None else [self._ttl_ms, meta]
 
         async def op() -> Any:
-            return await self._create(keys=keys, args=[self._ttl_ms])
+            return await self._create(keys=keys, args=args)
 
         if await self._call(run_id, "create", op, self.command_timeout) != 1:
             raise RunExists(f"run {run_id!r} already exists", run_id=run_id)
+
+    async def meta(self, run_id: str) -> bytes | None:
+        """See :meth:`Journal.meta`. Cancellation: harmless."""
+        keys = self.keys(run_id)
+
+        async def op() -> Any:
+            return await self._meta(keys=keys, args=[])
+
+        reply = await self._call(run_id, "meta", op, self.command_timeout)
+        if int(reply[0]) == -1:
+            raise self._not_found(run_id)
+        value = reply[1] if len(reply) > 1 else None
+        return None if value is None else bytes(value)
 
     async def append(self, run_id: str, entries: Sequence[JournalEntry]) -> int:
         """See :meth:`Journal.append`. Cancellation: the batch may or may not be stored;
@@ -297,18 +362,24 @@ class RedisJournal(Journal):
         keys = self.keys(run_id)
         if not entries:
             return (await self.info(run_id)).last_seq
-        args: list[str | int | bytes] = [self._ttl_ms, self.maxlen, entries[0].seq]
+        last = entries[-1]
+        reaches_past_cap = last.seq > self.max_entries + (0 if last.end is None else 1)
+        # The RunTooLong ending, sent only with a batch that may need it.
+        too_long = encode_end(too_long_end(run_id, self.max_entries)) if reaches_past_cap else b""
+        first = entries[0].seq
+        args: list[str | int | bytes] = [self._ttl_ms, self.max_entries, too_long, first,
+                                         b"c" if last.end is None else b"e"]
         for i, entry in enumerate(entries):
-            if entry.seq != entries[0].seq + i or (entry.end is not None and i < len(entries) - 1):
+            chunk_ = entry.chunk
+            if chunk_ is not None and entry.seq == first + i:
+                args.append(encode_chunk(chunk_))
+            elif entry.end is not None and entry is last and entry.seq == first + i:
+                args.append(encode_end(entry.end))
+            else:
                 raise JournalCorrupted(
                     f"run {run_id!r}: a batch holds consecutive entries, a terminal one last",
                     run_id=run_id,
                 )
-            if entry.chunk is not None:
-                args += (b"c", encode_chunk(entry.chunk))
-            else:
-                assert entry.end is not None
-                args += (b"e", encode_end(entry.end))
 
         async def op() -> Any:
             return await self._append(keys=keys, args=args)
@@ -317,6 +388,8 @@ class RedisJournal(Journal):
         code, value = int(reply[0]), int(reply[1])
         if code == 1:
             return value
+        if code == -5:
+            raise too_long_error(run_id, value, self.max_entries)
         if code == -1:
             raise self._not_found(run_id)
         if code == -3:
@@ -415,7 +488,7 @@ class RedisJournal(Journal):
         limit_ms = max(0, math.ceil(idle_limit * 1000 - 1e-6))
 
         async def op() -> Any:
-            return await self._seal(keys=keys, args=[limit_ms, data, self._ttl_ms, self.maxlen])
+            return await self._seal(keys=keys, args=[limit_ms, data, self._ttl_ms])
 
         reply = await self._call(run_id, "seal", op, self.command_timeout)
         if reply == -1:
@@ -438,13 +511,25 @@ async def open_redis_journal(
     *,
     prefix: str = "trio_llmstream",
     ttl: float = 24 * 3600.0,
-    maxlen: int = 10_000,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+    cluster: bool = False,
     command_timeout: float = 5.0,
     connect_timeout: float = 2.0,
     max_connections: int = 64,
     max_blocking_connections: int = 1024,
 ) -> AsyncIterator[RedisJournal]:
     """Connect to Redis at ``url`` and yield a :class:`RedisJournal` for the block.
+
+    ``max_entries``: the most chunk entries a run may hold (default 100,000); a write past it
+    ends the run with a ``RunTooLong`` terminal entry. Nothing of a live run is ever trimmed;
+    a run's keys expire ``ttl`` seconds after its last write or heartbeat (an ended run's:
+    after its end).
+
+    ``cluster=True``: ``url`` is any node of a Redis Cluster (``redis://host:port``); the
+    clients discover the others and send each run's commands to the node that holds its slot
+    (both keys of a run share it: see the module docstring), following redirections when
+    slots move. ``max_connections`` and ``max_blocking_connections`` are then totals across
+    the nodes.
 
     Two coredis clients (and their connection tasks) live for the block, inside the caller's
     task tree; leaving the block closes their connections. One carries every ordinary command
@@ -466,20 +551,38 @@ async def open_redis_journal(
             "RedisJournal needs coredis: pip install 'trio_llmstream[redis]'"
         ) from exc
     # No retries inside coredis: the recorder and followers retry, knowing what is safe.
-    client: coredis.Redis[bytes] = coredis.Redis.from_url(
-        url, decode_responses=False, retry_policy=NoRetryPolicy(),
-        connect_timeout=connect_timeout, max_connections=max_connections,
-    )
-    blocking: coredis.Redis[bytes] = coredis.Redis.from_url(
-        url, decode_responses=False, retry_policy=NoRetryPolicy(),
-        connect_timeout=connect_timeout, max_connections=max_blocking_connections,
-    )
+    client: coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+    blocking: coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+    if cluster:
+        # The startup node given explicitly: coredis 6.9's from_url would otherwise pass it
+        # in a deprecated form and warn (DeprecationWarning) at every client made.
+        from coredis.connection import TCPLocation
+
+        parts = urllib.parse.urlsplit(url)
+        start = [TCPLocation(parts.hostname or "127.0.0.1", parts.port or 6379)]
+        client = coredis.RedisCluster.from_url(
+            url, decode_responses=False, retry_policy=NoRetryPolicy(), startup_nodes=start,
+            connect_timeout=connect_timeout, max_connections=max_connections,
+        )
+        blocking = coredis.RedisCluster.from_url(
+            url, decode_responses=False, retry_policy=NoRetryPolicy(), startup_nodes=start,
+            connect_timeout=connect_timeout, max_connections=max_blocking_connections,
+        )
+    else:
+        client = coredis.Redis.from_url(
+            url, decode_responses=False, retry_policy=NoRetryPolicy(),
+            connect_timeout=connect_timeout, max_connections=max_connections,
+        )
+        blocking = coredis.Redis.from_url(
+            url, decode_responses=False, retry_policy=NoRetryPolicy(),
+            connect_timeout=connect_timeout, max_connections=max_blocking_connections,
+        )
     journal = RedisJournal(
         client,
         blocking_client=blocking,
         prefix=prefix,
         ttl=ttl,
-        maxlen=maxlen,
+        max_entries=max_entries,
         command_timeout=command_timeout,
     )
     body_exc: BaseException | None = None
