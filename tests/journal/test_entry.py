@@ -16,6 +16,7 @@ from trio_llmstream import (
     CompletionUsage,
     FunctionCall,
     LLMStreamError,
+    ProviderItem,
     StreamInterrupted,
     StreamStatus,
     StreamTruncatedError,
@@ -51,12 +52,14 @@ def chunks(draw: st.DrawFn) -> ChatChunk:
     for index in draw(st.lists(st.integers(0, 3), max_size=3, unique=True)):
         calls = draw(st.lists(st.builds(FunctionCall, _text, _text, _text), max_size=2))
         role = draw(st.sampled_from([None, "assistant"]))
+        items = draw(st.lists(st.builds(ProviderItem, _text, _text, _text), max_size=2))
         delta = ChoiceDelta(role=role, content=draw(_opt_text), tool_calls=calls,
-                            reasoning=draw(_opt_text))
-        choices.append(Choice(delta, index, draw(_opt_text)))
+                            reasoning=draw(_opt_text), provider_items=tuple(items))
+        choices.append(Choice(delta, index, draw(_opt_text), draw(_opt_text)))
     usage = draw(st.none() | st.builds(
         CompletionUsage, st.integers(0, 10**9), st.integers(0, 10**9), st.integers(0, 10**9),
         st.none() | st.integers(0, 99), st.none() | st.integers(0, 99),
+        st.sampled_from(["provider", "provider_partial", "estimated"]),
     ))
     return ChatChunk(draw(_text), choices, usage)
 

@@ -34,7 +34,15 @@ from typing import Literal
 import attrs
 import msgspec
 
-from .._models import ChatChunk, Choice, ChoiceDelta, CompletionUsage, FunctionCall, StreamStatus
+from .._models import (
+    ChatChunk,
+    Choice,
+    ChoiceDelta,
+    CompletionUsage,
+    FunctionCall,
+    ProviderItem,
+    StreamStatus,
+)
 from ._errors import JournalCorrupted
 
 __all__ = [
@@ -170,17 +178,26 @@ class _Call(msgspec.Struct, omit_defaults=True):
     arguments: str
 
 
+class _Item(msgspec.Struct):
+    provider: str
+    kind: str
+    data: str
+
+
 class _Delta(msgspec.Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
     reasoning: str | None = None
     tool_calls: list[_Call] = []
+    # Optional additions (omitted when empty, so older entries read the same).
+    provider_items: list[_Item] = []
 
 
 class _Choice(msgspec.Struct, omit_defaults=True):
     delta: _Delta
     index: int = 0
     finish_reason: str | None = None
+    native_finish_reason: str | None = None
 
 
 class _Usage(msgspec.Struct, omit_defaults=True):
@@ -189,6 +206,7 @@ class _Usage(msgspec.Struct, omit_defaults=True):
     total_tokens: int = 0
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    source: Literal["provider", "provider_partial", "estimated"] = "provider"
 
 
 class _Chunk(msgspec.Struct, omit_defaults=True):
@@ -229,14 +247,17 @@ def _wire_chunk(chunk: ChatChunk) -> _Chunk:
     for choice in chunk.choices:
         d = choice.delta
         calls = [_Call(c.call_id, c.name, c.arguments) for c in d.tool_calls]
-        delta = _Delta(d.role, d.content, d.reasoning, calls)
-        choices.append(_Choice(delta, choice.index, choice.finish_reason))
+        items = [_Item(i.provider, i.kind, i.data) for i in d.provider_items]
+        delta = _Delta(d.role, d.content, d.reasoning, calls, items)
+        choices.append(
+            _Choice(delta, choice.index, choice.finish_reason, choice.native_finish_reason)
+        )
     u = chunk.usage
     usage = None
     if u is not None:
         usage = _Usage(
             u.prompt_tokens, u.completion_tokens, u.total_tokens, u.cached_tokens,
-            u.reasoning_tokens,
+            u.reasoning_tokens, u.source,
         )
     return _Chunk(chunk.request_id, choices, usage)
 
@@ -246,14 +267,21 @@ def _from_wire_chunk(w: _Chunk) -> ChatChunk:
     for c in w.choices:
         d = c.delta
         calls = [FunctionCall(t.id, t.name, t.arguments) for t in d.tool_calls]
-        delta = ChoiceDelta(role=d.role, content=d.content, tool_calls=calls, reasoning=d.reasoning)  # type: ignore[arg-type]
-        choices.append(Choice(delta, c.index, c.finish_reason))
+        items = tuple(ProviderItem(i.provider, i.kind, i.data) for i in d.provider_items)
+        delta = ChoiceDelta(
+            role=d.role,  # type: ignore[arg-type]
+            content=d.content,
+            tool_calls=calls,
+            reasoning=d.reasoning,
+            provider_items=items,
+        )
+        choices.append(Choice(delta, c.index, c.finish_reason, c.native_finish_reason))
     u = w.usage
     usage = None
     if u is not None:
         usage = CompletionUsage(
             u.completion_tokens, u.prompt_tokens, u.total_tokens, u.cached_tokens,
-            u.reasoning_tokens,
+            u.reasoning_tokens, u.source,
         )
     return ChatChunk(w.id, choices, usage)
 
