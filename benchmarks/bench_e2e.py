@@ -916,6 +916,8 @@ def concurrency(port: int, targets: Targets, trace: bool) -> dict[str, dict[str,
     targets.append((f"{label}: peak RSS growth, ours / httpx-sse (<= 1.2x)",
                     ratio(ours["rss_delta"], sse["rss_delta"]),
                     ours["rss_delta"] <= 1.2 * sse["rss_delta"]))  # fmt: skip
+    targets.append((f"{label}: CPU, ours / httpx-sse (info: wall is at the mercy of load)",
+                    ratio(ours["cpu"], sse["cpu"]), None))  # fmt: skip
     targets.append((f"{label}: peak RSS, ours / httpx-sse (info)",
                     f"{ours['rss_peak'] / sse['rss_peak']:.2f}x", None))  # fmt: skip
     if traced:
@@ -986,7 +988,9 @@ def scaling(
                         ratio(o["rss_delta"], s["rss_delta"]),
                         o["rss_delta"] <= 1.5 * s["rss_delta"]))  # fmt: skip
         targets.append(("10,000 concurrent: wall, ours / httpx-sse (info)",
-                        f"{o['wall'] / s['wall']:.2f}x", None))  # fmt: skip
+                        ratio(o["wall"], s["wall"]), None))  # fmt: skip
+        targets.append(("10,000 concurrent: CPU, ours / httpx-sse (info)",
+                        ratio(o["cpu"], s["cpu"]), None))  # fmt: skip
     for n in sorted(default_scales):
         d = rows.get(n, {}).get("ours-defaults")
         if d is not None:
