@@ -76,12 +76,14 @@ import os
 import re
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,9 @@ CONC_STREAMS = 1_000
 CONC_CHUNKS = 200
 ROUNDS_FAST = 5  # variants costing a few µs per chunk
 ROUNDS_SLOW = 2  # openai-python (~100-200 µs per chunk: 1 s or more per 10,000-event stream)
+# Streams per httpx.AsyncClient in the concurrent runs (see concurrent_child): 1,000 streams
+# share one client, as issue 16's 1,000-stream figures do; 10,000 use ten.
+STREAMS_PER_CLIENT = 1_000
 CONC_ROUNDS = 1  # a concurrent run takes 5-15 s; the ratios it is judged on are far from 1
 
 MOCK_BASE = "http://bench.test/v1"
@@ -625,29 +630,45 @@ def concurrent_child(variant: str, port: int, streams: int, chunks: int, trace: 
     events(chunks)
 
     async def main() -> dict[str, Any]:
-        # One shared client for every variant. httpx-sse and the floor get limits as generous
-        # as ours (600 s); ours sets its own per request from its options (connect, pool and
-        # write from ``connect``, no read limit: the runtime enforces idle itself).
-        client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=streams, max_keepalive_connections=100),
-            timeout=httpx.Timeout(600.0),
-        )
-        llm = OpenAILLM("bench", base_url=base, api_key="sk-bench", http_client=client)
-        run: Callable[[], Any]
-        if variant == "ours":
-            run = lambda: stream_ours(llm, chunks, CONC_OPTIONS)  # noqa: E731
-        elif variant == "ours-defaults":
-            run = lambda: stream_ours(llm, chunks, CONC_DEFAULT_OPTIONS)  # noqa: E731
-        elif variant == "httpx-sse":
-            run = lambda: stream_httpx_sse(client, url, chunks)  # noqa: E731
-        elif variant == "floor":
-            run = lambda: stream_floor(client, url, chunks)  # noqa: E731
-        else:
-            raise ValueError(f"unknown variant {variant!r}")
+        # One client per STREAMS_PER_CLIENT streams (one for up to 1,000), the same for every
+        # variant. httpx-sse and the floor get limits as generous as ours (600 s); ours sets its
+        # own per request from its options (connect, pool and write from ``connect``, no read
+        # limit: the runtime enforces idle itself). Why shards: httpcore's pool rescans all its
+        # connections on every request start and end, O(N^2) in one client: at 5,000 streams
+        # on one client that scan is two thirds of any client's CPU (py-spy), which would bury
+        # what this measures. Shards share one SSL context (unused on http://, and costly to
+        # build per client).
+        ssl_context = ssl.create_default_context()
+        shards = max(1, -(-streams // STREAMS_PER_CLIENT))
+        per = -(-streams // shards)
+        clients = [
+            httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=per, max_keepalive_connections=100),
+                timeout=httpx.Timeout(600.0),
+                verify=ssl_context,
+            )
+            for _ in range(shards)
+        ]
+        llms = [
+            OpenAILLM("bench", base_url=base, api_key="sk-bench", http_client=client)
+            for client in clients
+        ]
+        runs: list[Callable[[], Any]] = []
+        for client, llm in zip(clients, llms, strict=True):
+            if variant == "ours":
+                runs.append(partial(stream_ours, llm, chunks, CONC_OPTIONS))
+            elif variant == "ours-defaults":
+                runs.append(partial(stream_ours, llm, chunks, CONC_DEFAULT_OPTIONS))
+            elif variant == "httpx-sse":
+                runs.append(partial(stream_httpx_sse, client, url, chunks))
+            elif variant == "floor":
+                runs.append(partial(stream_floor, client, url, chunks))
+            else:
+                raise ValueError(f"unknown variant {variant!r}")
         failures: Counter[str] = Counter()
         completed = 0
 
-        async def one() -> None:
+        async def one(run: Callable[[], Any]) -> None:
             nonlocal completed
             try:
                 text = await run()
@@ -667,16 +688,18 @@ def concurrent_child(variant: str, port: int, streams: int, chunks: int, trace: 
             tracemalloc.start()
         c0, t0 = time.process_time(), time.perf_counter()
         async with trio.open_nursery() as nursery:
-            for _ in range(streams):
-                nursery.start_soon(one)
+            for i in range(streams):
+                nursery.start_soon(one, runs[i % shards])
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         peak = tracemalloc.get_traced_memory()[1] if trace else 0
         tracemalloc.stop()
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        await client.aclose()
+        for client in clients:
+            await client.aclose()
         return {
             "variant": variant,
             "streams": streams,
+            "clients": shards,
             "wall": wall,
             "cpu": cpu,
             "rss_base": rss0 * 1024,  # ru_maxrss is in KiB on Linux
@@ -889,8 +912,8 @@ def concurrency(port: int, targets: Targets, trace: bool) -> dict[str, dict[str,
     n = CONC_STREAMS * CONC_CHUNKS
     print(
         f"\nConcurrency: {CONC_STREAMS:,} streams x {CONC_CHUNKS} events at once over loopback, "
-        f"trio, one shared httpx.AsyncClient\n(max_connections={CONC_STREAMS}, "
-        "max_keepalive_connections=100); ours with 600 s limits, retries off; each variant in "
+        f"trio, one httpx.AsyncClient per {STREAMS_PER_CLIENT:,} streams\n"
+        "(max_keepalive_connections=100 each); ours with 600 s limits, retries off; each variant in "
         "a fresh process, "
         + (f"best of {CONC_ROUNDS} (floor: 1)" if CONC_ROUNDS > 1 else "one run each")
     )
@@ -956,8 +979,9 @@ def scaling(
             print(f"  [scaling] {n:>6,} ours-defaults {row['ours-defaults']['wall']:7.1f} s "
                   f"{row['ours-defaults']['completed']:>6,} done", flush=True)  # fmt: skip
     print(
-        f"\nScaling: N streams x {CONC_CHUNKS} events at once over loopback, trio, one shared "
-        "client (max_connections=N, max_keepalive_connections=100), one fresh process per run;\n"
+        f"\nScaling: N streams x {CONC_CHUNKS} events at once over loopback, trio, one client per "
+        f"{STREAMS_PER_CLIENT:,} streams (max_keepalive_connections=100 each), one fresh process "
+        "per run;\n"
         "ours with 600 s limits and retries off (the stand-in for the coming defaults); "
         "'defaults' = today's APIConnectOptions(max_retry=0)"
     )

@@ -30,6 +30,7 @@ import resource
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -264,18 +265,28 @@ def cmd_concurrent_child(args: argparse.Namespace) -> None:
                 done += 1
             lifetimes.append(counter.batches - born)
 
+        snapshot: list[Any] = []
+        traced_best = 0
+
         async def sample(cancel: trio.CancelScope) -> None:
-            nonlocal held_peak
+            nonlocal held_peak, traced_best
             with cancel:
                 while True:
                     await trio.sleep(0.1)
                     held = h11_buffered(client)
                     held_peak = max(held_peak, held)
+                    if args.tm_top:
+                        now = tracemalloc.get_traced_memory()[0]
+                        if now > traced_best * 1.02:
+                            traced_best = now
+                            snapshot[:] = [tracemalloc.take_snapshot()]
 
         gc.collect()
         rss0 = e2e.current_rss_kib()
         if args.gc_off:
             gc.disable()
+        if args.tm_top:
+            tracemalloc.start()
         trio.lowlevel.add_instrument(counter)
         sampler = trio.CancelScope()
         c0, t0 = time.process_time(), time.perf_counter()
@@ -290,6 +301,12 @@ def cmd_concurrent_child(args: argparse.Namespace) -> None:
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         trio.lowlevel.remove_instrument(counter)
         gc.enable()
+        tm_top: list[tuple[str, float]] = []
+        if snapshot:
+            stats = snapshot[0].statistics("filename")
+            tm_top = [(str(st.traceback[0].filename).split("site-packages/")[-1],
+                       st.size / streams / 1024) for st in stats[:12]]  # fmt: skip
+            tracemalloc.stop()
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         await client.aclose()
         return {
@@ -301,6 +318,7 @@ def cmd_concurrent_child(args: argparse.Namespace) -> None:
             "batches": counter.batches, "lifetime_batches": sum(lifetimes) / len(lifetimes),
             "rss_growth_per_stream_kib": (rss1 - rss0) / streams,
             "h11_held_peak_bytes": held_peak[0], "h11_holding_peak": held_peak[1],
+            "tm_top": tm_top, "tm_peak_per_stream_kib": traced_best / streams / 1024,
         }  # fmt: skip
 
     print(json.dumps(trio.run(main)))
@@ -317,10 +335,13 @@ def cmd_concurrent(args: argparse.Namespace) -> None:
                     cmd.append("--gc-off")
                 if args.sample_buffers:
                     cmd.append("--sample-buffers")
+                if args.tm_top:
+                    cmd.append("--tm-top")
                 if args.py_spy:
                     out = f"{args.py_spy}.{variant}{'.gcoff' if gc_off else ''}.raw"
                     cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200",
-                           "-f", "raw", "-o", out, "--", *cmd]  # fmt: skip
+                           "-f", "raw", "-o", out, *(["--native"] if args.native else []),
+                           "--", *cmd]  # fmt: skip
                 done = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if done.returncode:
                     print(done.stderr[-2000:])
@@ -337,6 +358,11 @@ def cmd_concurrent(args: argparse.Namespace) -> None:
                       f"peak {r['h11_held_peak_bytes'] / 2**20:.1f} MiB in "
                       f"{r['h11_holding_peak']:,} conns", flush=True)  # fmt: skip
                 print(f"    steps by task: {r['steps_by_name']}", flush=True)
+                if r["tm_top"]:
+                    print(f"    tracemalloc at its sampled peak: {r['tm_peak_per_stream_kib']:.1f} "
+                          "KiB/stream; by file, KiB/stream:")  # fmt: skip
+                    for name, kib in r["tm_top"]:
+                        print(f"      {kib:7.2f}  {name}")
 
 
 def cmd_spin_memory(args: argparse.Namespace) -> None:
@@ -377,7 +403,10 @@ def main() -> None:
         p.add_argument("--gc-off", action="store_true")
         p.add_argument("--both-gc", action="store_true")
         p.add_argument("--sample-buffers", action="store_true")
+        p.add_argument("--tm-top", action="store_true",
+                       help="tracemalloc snapshot at the sampled peak: KiB/stream by file")  # fmt: skip
         p.add_argument("--py-spy", default="", help="record each child with py-spy to PREFIX.*")
+        p.add_argument("--native", action="store_true", help="py-spy --native (C frames: GC)")
         p.add_argument("--port", type=int)
     p = sub.add_parser("spin-memory")
     p.add_argument("--seconds", type=float, default=20.0)
