@@ -34,13 +34,14 @@ reassembled text is checked against the stream's before its time counts.
    socket with a minimal chunked-encoding reader + the floor parser (what httpx costs).
 3. Concurrency: 1,000 streams of 200 events at once over loopback, one connection each, ours
    versus httpx-sse on trio (and the floor for reference), each variant in a fresh process:
-   total wall time, and peak memory as the growth of the process's peak RSS (``ru_maxrss`` at
-   the end) over its resident size after imports and client set-up; with ``--tracemalloc``
-   also, in a separate run since tracing slows everything down, the ``tracemalloc`` peak. All
-   share one ``httpx.AsyncClient`` allowing N connections with ``max_keepalive_connections=100``
-   (OpenAILLM's own default): httpcore's pool rescans every connection for each idle one on
-   every request start and end, so keeping all 1,000 alive costs any client about 30 s of CPU
-   in that scan alone.
+   total wall time, CPU, and peak memory as the growth of the process's peak RSS
+   (``ru_maxrss`` at the end) over its resident size after imports and client set-up; with
+   ``--tracemalloc`` also, in a separate run since tracing slows everything down, the
+   ``tracemalloc`` peak. Streams share one ``httpx.AsyncClient`` per 1,000 streams
+   (``STREAMS_PER_CLIENT``), each with ``max_keepalive_connections=100`` (OpenAILLM's own
+   default): httpcore's pool rescans every connection on every request start and end, which
+   is O(N^2) in one client (keeping all 1,000 alive costs about 30 s of CPU in that scan; at
+   5,000 streams on one client the scan is two thirds of any client's CPU).
 4. Scaling: the same at 100 / 1,000 / 5,000 / 10,000 streams (wall, peak RSS growth, completed
    streams; ours against httpx-sse on trio), plus today's default options at 5,000 and 10,000
    to count how many complete. Ours runs with retries off and 600 s limits until the
@@ -823,8 +824,13 @@ def main() -> None:
                     FLOOR_MEM)  # fmt: skip
         ours, floor = mem[OURS_MEM][0], mem[FLOOR_MEM][0]
         ours4, floor4 = mem[OURS_MEM_4K][0], mem[FLOOR_MEM_4K][0]
-        targets.append(("in memory, 4 KiB pieces: ours / floor (<= 1.5x)",
-                        f"{ours4 / floor4:.2f}x", ours4 <= 1.5 * floor4))  # fmt: skip
+        # Issue 16's figure for this row (1.78x "today") is against the per-event floor (this
+        # table's reference column), so the target is judged on that basis; the like-for-like
+        # ratio (the floor on the same 4 KiB pieces, which is cheaper per chunk) is shown too.
+        targets.append(("in memory, 4 KiB pieces: ours / floor per event (<= 1.5x)",
+                        f"{ours4 / floor:.2f}x", ours4 <= 1.5 * floor))  # fmt: skip
+        targets.append(("in memory, 4 KiB pieces: ours / floor on 4 KiB pieces (info)",
+                        f"{ours4 / floor4:.2f}x", None))  # fmt: skip
         targets.append(("in memory, one event per piece: ours / floor (<= 2.0x)",
                         f"{ours / floor:.2f}x", ours <= 2.0 * floor))  # fmt: skip
         for name in (OPENAI_MEM, OPENAI_MEM_TRIO):
@@ -891,7 +897,7 @@ def sse_decoder(targets: Targets, rounds: int) -> None:
         print(f"  {name:<20} {seconds / n * 1e6:>9.3f}  {seconds / times['httpx-sse']:>6.2f}x")
     ratio = times["ours"] / times["httpx-sse"]
     targets.append(("SSE decoder alone, 4 KiB reads: ours / httpx-sse (<= 0.5x)",
-                    f"{ratio:.2f}x", ratio <= 0.5))  # fmt: skip
+                    f"{ratio:.3f}x", ratio <= 0.5))  # fmt: skip
 
 
 def concurrency(port: int, targets: Targets, trace: bool) -> dict[str, dict[str, Any]]:
