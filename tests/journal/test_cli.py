@@ -53,7 +53,7 @@ async def relay_process(*args: str) -> AsyncIterator[str]:
             with trio.fail_after(15):
                 await process.wait()
         assert process.returncode == 0, output.decode()
-        assert b"SIGTERM, stopping" in output
+        assert b"SIGTERM, draining" in output
     finally:
         if process.returncode is None:
             process.kill()
