@@ -4,6 +4,7 @@ two sharing Redis, a client resuming on the second what it began on the first.""
 from __future__ import annotations
 
 import ast
+import os
 import signal
 import subprocess
 import sys
@@ -23,14 +24,39 @@ from .sse_client import Event, check_stream, read_events
 from .test_relay import MESSAGES, TEXT, text_of
 
 
+class RelayProcess:
+    """A running ``python -m trio_llmstream relay``: its base URL, its output so far
+    (stdout and stderr together), and the process."""
+
+    def __init__(self, process: trio.Process, url: str, output: bytearray) -> None:
+        self.process = process
+        self.url = url
+        self.output = output
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    async def wait(self, timeout: float = 30) -> int:
+        with trio.fail_after(timeout):
+            return await self.process.wait()
+
+
 @asynccontextmanager
-async def relay_process(*args: str) -> AsyncIterator[str]:
-    """Run the relay command; yield its base URL; stop it with SIGTERM, which must end it
-    cleanly (exit code 0)."""
+async def open_relay_process(
+    *args: str, env: dict[str, str] | None = None, host: str = "127.0.0.1"
+) -> AsyncIterator[RelayProcess]:
+    """Run the relay command; yield it once listening. When the block ends, a process still
+    running is stopped with SIGTERM, which must end it cleanly (exit code 0) after draining;
+    a process the block stopped itself is just awaited."""
     port = free_port()
     cmd = [sys.executable, "-m", "trio_llmstream", "relay", *args, "--port", str(port)]
     process = await trio.lowlevel.open_process(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=None if env is None else {**os.environ, **env},
     )
     assert process.stdout is not None
     output = bytearray()
@@ -48,18 +74,27 @@ async def relay_process(*args: str) -> AsyncIterator[str]:
             nursery.start_soon(drain)
             with trio.fail_after(30):
                 await listening.wait()
-            yield f"http://127.0.0.1:{port}"
-            process.send_signal(signal.SIGTERM)
-            with trio.fail_after(15):
-                await process.wait()
+            relay = RelayProcess(process, f"http://{host}:{port}", output)
+            yield relay
+            if process.returncode is None:
+                relay.terminate()
+                await relay.wait()
+                assert b"SIGTERM, draining" in output, output.decode()
         assert process.returncode == 0, output.decode()
-        assert b"SIGTERM, draining" in output
     finally:
         if process.returncode is None:
             process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
         await process.stdout.aclose()
+
+
+@asynccontextmanager
+async def relay_process(*args: str) -> AsyncIterator[str]:
+    """Run the relay command; yield its base URL; stop it with SIGTERM, which must end it
+    cleanly (exit code 0)."""
+    async with open_relay_process(*args) as relay:
+        yield relay.url
 
 
 async def test_relay_command_with_the_memory_journal() -> None:

@@ -697,7 +697,7 @@ class RelayApp:
             tokens = _query(scope).get("token")
             if tokens and hmac.compare_digest(_sha256(tokens[-1]), grant.token_sha256):
                 return True
-            if self.authorize is not None and _asgi.header(scope, b"authorization"):
+            if self.authorize is not None:
                 principal = await self._principal(scope)
                 if principal is not None and hmac.compare_digest(
                     _owner_hash(principal), grant.owner_sha256
@@ -706,14 +706,22 @@ class RelayApp:
         await _error(send, 404, _NOT_FOUND)
         return False
 
+    async def _discard_body(self, receive: Receive) -> None:
+        # A refused request's body is read (up to max_body) before the answer, so that the
+        # connection stays usable: a client that reuses it must not find it closed.
+        with contextlib.suppress(_asgi.BodyTooLarge):
+            await _asgi.read_body(receive, self.max_body)
+
     async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal = await self._principal(scope)
         if principal is None:
+            await self._discard_body(receive)
             await _error(send, 401, "a valid Authorization: Bearer token is needed",
                          [(b"www-authenticate", b'Bearer realm="trio_llmstream relay"')])
             return
         content_type = _asgi.header(scope, b"content-type") or b""
         if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+            await self._discard_body(receive)
             await _error(send, 415, "the request body must be application/json",
                          [(b"accept-post", b"application/json")])
             return
@@ -734,7 +742,8 @@ class RelayApp:
             )
             if not ctx.messages:
                 raise ValueError("messages is empty")
-            run_id = check_relay_run_id(request.run_id or secrets.token_urlsafe(16))
+            run_id = check_relay_run_id(
+                secrets.token_urlsafe(16) if request.run_id is None else request.run_id)
         except (msgspec.DecodeError, ValueError) as exc:
             await _error(send, 400, f"invalid run request: {exc}")
             return
