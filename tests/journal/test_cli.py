@@ -68,12 +68,14 @@ async def open_relay_process(
             output.extend(data)
             if b"relay listening on" in output:
                 listening.set()
+        listening.set()  # ended: the check below says so
 
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(drain)
             with trio.fail_after(30):
                 await listening.wait()
+            assert b"relay listening on" in output, output.decode()
             relay = RelayProcess(process, f"http://{host}:{port}", output)
             yield relay
             if process.returncode is None:

@@ -611,7 +611,11 @@ class RelayApp:
         if method == "OPTIONS":
             await self._preflight(scope, send)
             return
-        send = _asgi.with_headers(send, self._cors_headers(scope))
+        extra = self._cors_headers(scope)
+        if self._stopping:
+            # Stopping: no connection is kept alive for another request here.
+            extra.append((b"connection", b"close"))
+        send = _asgi.with_headers(send, extra)
         runs = f"{self.path_prefix}/runs"
         if path == runs:
             if method != "POST":
@@ -891,6 +895,15 @@ class RelayApp:
             after, has_ending = parse_resume_id(raw)
         except ValueError as exc:
             await _error(send, 400, str(exc))
+            return
+        if self._stopping:
+            # Too late to follow here: an empty stream, which an EventSource follows with a
+            # reconnection (on a new connection: to another relay behind the same address).
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache")]})
+            await send({"type": "http.response.body", "body": sse_retry(self.retry_ms),
+                        "more_body": False})
             return
         if has_ending:
             # The client has the ending this relay made up (see _follow): stop it.
