@@ -356,15 +356,17 @@ class _EventStream:
 
     async def put(self, data: bytes) -> None:
         """Queue ``data``; wait while the buffer is full. ``_TooSlow`` if it stayed full for
-        ``slow_timeout`` seconds. Cancellation: ``data`` is not queued."""
+        ``slow_timeout`` seconds. Cancellation: ``data`` is not queued.
+
+        With room in the buffer it returns without a checkpoint, on purpose: the events a
+        follower has at hand (a page of the journal) all go into the buffer before the writer
+        runs, and leave in one send. The caller's next journal read is the checkpoint."""
         if len(self._buffer) >= self._max:
             with trio.move_on_after(self._slow):
                 while len(self._buffer) >= self._max:
                     await self._changed.wait()
             if len(self._buffer) >= self._max:
                 raise _TooSlow
-        else:
-            await trio.lowlevel.checkpoint()
         self._buffer += data
         self._notify()
 
