@@ -35,21 +35,28 @@ N = 50_000
 
 
 async def test_a_throttled_follower_of_a_50000_entry_run_gets_every_entry_once() -> None:
-    pieces = [f"w{i} " for i in range(N)]
+    # About 10 MB of events: well over what the kernel's socket buffers hold (a few MB on
+    # loopback), so that the relay feels the client's pauses.
+    pieces = [f"w{i} {'x' * 80} " for i in range(N)]
     async with (
         open_mock_server(text_stream(pieces)) as upstream,
         open_relay_process("--upstream", upstream.base_url, "--model", "m",
                            "--max-entries", "60000", "--slow-client-timeout", "0.3") as relay,
         httpx.AsyncClient(base_url=relay.url, timeout=30) as client,
     ):
-        events_url = (await client.post("/v1/runs", json=MESSAGES)).json()["events"]
+        created = (await client.post("/v1/runs", json=MESSAGES)).json()
+        events_url = created["events"]
+        # Let the writer get well ahead (the reader is then the bottleneck throughout).
+        with trio.fail_after(120):
+            while (await client.get(created["info"])).json()["last_seq"] < N // 2:
+                await trio.sleep(0.1)
         seen: list[Event] = []
         responses = cut = 0
         with trio.fail_after(240):
             while not (seen and seen[-1].event == "end"):
                 status, events, clean = await throttled_read(
                     relay.url, events_url, last_event_id=seen[-1].id if seen else None,
-                    pause_every=512 * 1024, pause=0.6)
+                    pause_every=1024 * 1024, pause=0.6)
                 assert status == 200
                 responses += 1
                 cut += clean and not (events and events[-1].event == "end")
