@@ -18,7 +18,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_llmstream import OpenAILLM
-from trio_llmstream.journal import MemoryJournal, RelayApp, open_redis_journal, serve_relay
+from trio_llmstream.journal import (
+    JournalUnavailable,
+    MemoryJournal,
+    RelayApp,
+    RunNotFound,
+    open_redis_journal,
+    serve_relay,
+)
 from trio_llmstream.journal._relay import (
     RUN_ID,
     Scope,
@@ -461,3 +468,42 @@ def test_loopback_and_origin_rules() -> None:
     for bad in ("https://app.example/", "app.example", "ftp://x", "https://a/b", "*", "null"):
         with pytest.raises(ValueError):
             check_origin(bad)
+
+
+class DownGrants:
+    """A grant store that cannot be reached."""
+
+    async def put(self, run_id: str, grant: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        raise JournalUnavailable("injected: grants down", run_id=run_id)
+
+    async def get(self, run_id: str) -> bytes | None:
+        await trio.lowlevel.checkpoint()
+        raise JournalUnavailable("injected: grants down", run_id=run_id)
+
+    async def touch(self, run_id: str) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_run_whose_grant_cannot_be_stored_is_not_started() -> None:
+    journal = MemoryJournal()
+    async with (
+        open_mock_server(text_stream("hi")) as upstream,
+        OpenAILLM("mock", base_url=upstream.base_url, api_key="k") as llm,
+        trio.open_nursery() as nursery,
+    ):
+        app = RelayApp(journal, llm, grants=DownGrants())
+        url = await nursery.start(partial(serve_relay, app, port=0))
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            response = await client.post("/v1/runs", json={**MESSAGES, "run_id": "g"})
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+            # Not started, and not left in the journal unreadable.
+            assert upstream.chat_requests == []
+            with pytest.raises(RunNotFound):
+                await journal.info("g")
+            assert app.running == 0
+            # Reading while the store is down: 503 (try again), not 404 (no such run).
+            response = await client.get("/v1/runs/g/events?token=x")
+            assert response.status_code == 503
+        nursery.cancel_scope.cancel()
