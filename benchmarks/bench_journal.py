@@ -206,7 +206,7 @@ async def main(redis_url: str, quick: bool) -> None:
         for run in ("lat-redis-10", "lat-redis-0"):
             await redis.delete_run(run)
 
-    await relay_section(200 if quick else 1_000)
+    await relay_section(200 if quick else 1_000, 1 if quick else 2)
 
 
 # -- 3. relay throughput ---------------------------------------------------------------------------
@@ -273,21 +273,26 @@ async def relay_throughput(upstream_url: str, followers: int, auth: bool) -> tup
     return sum(counts) / elapsed, counts[0]
 
 
-async def relay_section(followers: int) -> None:
+async def relay_section(followers: int, rounds: int = 2) -> None:
     from trio_llmstream.testing import open_mock_server, text_stream
 
     print(f"\n3. relay throughput: {followers:,} followers of one finished run, loopback HTTP, "
-          "relay process (memory journal)")
+          f"relay process (memory journal); {rounds} rounds, alternating, median")
     words = [WORDS[i % len(WORDS)] + " " for i in range(197)]
-    async with open_mock_server(*[text_stream(words)] * 2) as upstream:
-        figures = {}
+    async with open_mock_server(*[text_stream(words)] * (2 * rounds)) as upstream:
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        events = 0
+        for _ in range(rounds):  # alternating: this machine's noise hits both alike
+            for auth in (False, True):
+                rate, events = await relay_throughput(upstream.base_url, followers, auth)
+                rates[auth].append(rate)
         for auth in (False, True):
-            rate, events = await relay_throughput(upstream.base_url, followers, auth)
             label = "auth on (bearer, owner check)" if auth else "no auth (read token)"
-            figures[auth] = rate
-            print(f"   {label:<44} {rate:>10,.0f} events/s   ({events} events each)")
-        print(f"   auth on / off: {figures[True] / figures[False]:.2f}")
-
+            runs = ", ".join(f"{r:,.0f}" for r in rates[auth])
+            print(f"   {label:<44} {statistics.median(rates[auth]):>10,.0f} events/s   "
+                  f"({events} events each; rounds: {runs})")
+        print(f"   auth on / off: "
+              f"{statistics.median(rates[True]) / statistics.median(rates[False]):.2f}")
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,

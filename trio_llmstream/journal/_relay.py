@@ -1009,9 +1009,11 @@ async def serve_relay(
     host: str = "127.0.0.1",
     port: int = 8080,
     stop_timeout: float = 5.0,
+    backlog: int = 4096,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` with hypercorn (trio worker) on ``host``:``port`` until cancelled.
+    """Serve ``app`` with hypercorn (trio worker) on ``host``:``port`` until cancelled
+    (``backlog``: the listen queue's length; the system may cap it, see ``somaxconn``).
 
     ``task_status.started`` gets the base URL (``http://127.0.0.1:PORT``; port 0 picks a free
     one). Cancellation: shuts down (``app.shutdown()``: runs still in progress are cancelled;
@@ -1021,6 +1023,10 @@ async def serve_relay(
     config = _asgi.hypercorn_config(
         host, port, stop_timeout=stop_timeout, logger=logger, needed_by="the relay"
     )
+    # Followers come in crowds (a thousand reconnecting at once after a deploy): a listen
+    # queue of hypercorn's default 100 would reset connections.
+    config.backlog = backlog
+    config.keep_alive_max_requests = 1_000_000
     from hypercorn.trio import serve
 
     shutdown = trio.Event()
