@@ -198,3 +198,37 @@ def test_resume_ids() -> None:
     for bad in ("-end", "x-end", "17-end-end", "17end", "-1", "1.5"):
         with pytest.raises(ValueError):
             parse_resume_id(bad)
+
+
+async def test_keepalive_waits_while_a_send_is_stuck(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client that stopped reading: the send never returns. The keep-alive task must keep
+    # sleeping (not spin on a deadline in the past), and add nothing to the buffer.
+    blocked = trio.Event()
+
+    async def send(message: dict[str, object]) -> None:
+        blocked.set()
+        await trio.sleep_forever()
+
+    wakeups = 0
+    real_sleep_until = trio.sleep_until
+
+    async def counting_sleep_until(deadline: float) -> None:
+        nonlocal wakeups
+        wakeups += 1
+        assert wakeups < 1000, "the keep-alive task spins"
+        await real_sleep_until(deadline)
+
+    monkeypatch.setattr(trio, "sleep_until", counting_sleep_until)
+    app = RelayApp(MemoryJournal(), llm=None, keepalive=15.0)  # type: ignore[arg-type]
+    stream = _EventStream(send, max_unsent=1000, slow_timeout=5.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.write)
+        await stream.put(b"data: x\n\n")
+        await blocked.wait()
+        nursery.start_soon(app._keepalive, stream)
+        await trio.sleep(300)
+        assert wakeups <= 300 / 15 + 2
+        assert not stream._buffer  # no comment queued behind the stuck send
+        nursery.cancel_scope.cancel()

@@ -769,7 +769,9 @@ class RelayApp:
             return
         token = secrets.token_urlsafe(32)  # 256 bits
         grant = _grant_bytes(token, principal)
-        headers = list(scope.get("headers", ()))
+        # Only the trace context goes to the run's task (never the credentials).
+        headers = [(name, value) for name, value in scope.get("headers", ())
+                   if name.lower() in (b"traceparent", b"tracestate")]
         # The slot is taken now (not when the run starts) so that concurrent requests of one
         # principal cannot all pass the check; the run task gives it back when it ends.
         self._per_client[principal] += 1
@@ -977,9 +979,13 @@ class RelayApp:
     async def _keepalive(self, stream: _EventStream) -> None:
         while True:
             await trio.sleep_until(stream.last_sent + self.keepalive)
-            if trio.current_time() >= stream.last_sent + self.keepalive and stream.idle:
+            if trio.current_time() >= stream.last_sent + self.keepalive:
+                # Only into an idle connection: a busy one needs no comment (and one whose
+                # client does not read must not get more to hold).
+                idle = stream.idle
                 stream.last_sent = trio.current_time()
-                await stream.put(sse_comment("keep-alive"))
+                if idle:
+                    await stream.put(sse_comment("keep-alive"))
 
 
 class _Slot:
