@@ -18,6 +18,11 @@ persistence) and stopped at the end. Everything is measured in the same run:
    it; percentiles, for the defaults and the former 10 ms timer.
 3. Both at once: the throughput run of 1. on Redis with the defaults and a live follower, its
    lag under that load; then the targets of the performance issue, with these figures.
+4. Relay throughput: ``python -m trio_llmstream relay`` as a process (memory journal), one
+   finished run of 200 entries read at once by 1,000 followers over loopback HTTP, in events
+   per second delivered; without auth (followers use the run's read token, as a browser
+   does) and with ``--auth-token-env`` (followers use the creator's bearer token: the hook
+   and the owner check on every connection).
 """
 
 from __future__ import annotations
@@ -274,6 +279,93 @@ async def main(redis_url: str, quick: bool) -> None:
         print(f"   - write -> live follower p50 <= 1 ms: {p50:.2f} ms "
               f"({'met' if p50 <= 1.0 else 'NOT met'})")
 
+    await relay_section(200 if quick else 1_000, 1 if quick else 2)
+
+
+# -- 4. relay throughput ---------------------------------------------------------------------------
+
+RELAY_TOKEN = "bench-relay-token-0123456789abcdef"
+
+
+async def relay_throughput(upstream_url: str, followers: int, auth: bool) -> tuple[float, int]:
+    """Events per second delivered to ``followers`` concurrent readers of one finished run,
+    by a relay process; and the events each got."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "trio_llmstream", "relay", "--upstream", upstream_url,
+           "--model", "m", "--port", str(port)]
+    env = dict(os.environ)
+    headers: dict[str, str] = {}
+    if auth:
+        cmd += ["--auth-token-env", "BENCH_RELAY_TOKENS"]
+        env["BENCH_RELAY_TOKENS"] = RELAY_TOKEN
+        headers["authorization"] = f"Bearer {RELAY_TOKEN}"
+    process = await trio.lowlevel.open_process(cmd, env=env, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        limits = httpx.Limits(max_connections=followers + 10, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits,
+                                     headers=headers) as client:
+            with trio.fail_after(30):
+                while True:
+                    try:
+                        await client.get("/v1/health")
+                        break
+                    except httpx.TransportError:
+                        await trio.sleep(0.05)
+            created = (await client.post("/v1/runs", json={
+                "messages": [{"role": "user", "content": "hi"}]})).json()
+            # Followers with auth use the bearer (the owner check); without, the read token.
+            path = created["events"].split("?")[0] if auth else created["events"]
+            info = created["info"]
+            while (await client.get(info)).json()["end_seq"] is None:
+                await trio.sleep(0.05)
+            counts: list[int] = []
+
+            async def follow() -> None:
+                body = bytearray()
+                async with client.stream("GET", path) as response:
+                    assert response.status_code == 200, response.status_code
+                    async for data in response.aiter_bytes():
+                        body += data
+                counts.append(body.count(b"\nid: ") + body.startswith(b"id: "))
+
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for _ in range(followers):
+                    nursery.start_soon(follow)
+            elapsed = time.perf_counter() - start
+    finally:
+        process.terminate()
+        await process.wait()
+    assert len(set(counts)) == 1, "every follower gets the same events"
+    return sum(counts) / elapsed, counts[0]
+
+
+async def relay_section(followers: int, rounds: int = 2) -> None:
+    from trio_llmstream.testing import open_mock_server, text_stream
+
+    print(f"\n4. relay throughput: {followers:,} followers of one finished run, loopback HTTP, "
+          f"relay process (memory journal); {rounds} rounds, alternating, median")
+    words = [WORDS[i % len(WORDS)] + " " for i in range(197)]
+    async with open_mock_server(*[text_stream(words)] * (2 * rounds)) as upstream:
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        events = 0
+        for _ in range(rounds):  # alternating: this machine's noise hits both alike
+            for auth in (False, True):
+                rate, events = await relay_throughput(upstream.base_url, followers, auth)
+                rates[auth].append(rate)
+        for auth in (False, True):
+            label = "auth on (bearer, owner check)" if auth else "no auth (read token)"
+            runs = ", ".join(f"{r:,.0f}" for r in rates[auth])
+            print(f"   {label:<44} {statistics.median(rates[auth]):>10,.0f} events/s   "
+                  f"({events} events each; rounds: {runs})")
+        print(f"   auth on / off: "
+              f"{statistics.median(rates[True]) / statistics.median(rates[False]):.2f}")
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,

@@ -54,7 +54,15 @@ to whatever --base-url is given: use it only with servers you trust with that ke
 _RELAY_DESCRIPTION = """\
 Serve LLM runs as resumable server-sent events: POST /v1/runs starts a run, GET
 /v1/runs/ID/events streams it (resumable with Last-Event-ID). Runs go to the OpenAI-compatible
-server --upstream. Stops gracefully on SIGINT or SIGTERM.
+server --upstream, and spend its API key: whoever may start runs spends it.
+
+Secure set-up: put one or more random tokens, comma-separated, in an environment variable and
+name it with --auth-token-env; then POST /v1/runs needs 'Authorization: Bearer <token>'.
+Without it the relay listens on loopback only (--insecure-no-auth to listen elsewhere anyway).
+A run's events URL (returned by the POST) carries a read token: give it to the browser.
+
+SIGTERM drains: new runs get 503, running runs go on to their end for up to --drain-timeout
+seconds (then are cancelled), followers are served; a second signal stops at once.
 
 API key for the upstream: as for 'chat' (OPENAI_API_KEY, or --api-key-env), sent to
 --upstream.
@@ -138,15 +146,49 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     relay_p = command("relay", "serve LLM runs as resumable server-sent events",
                       _RELAY_DESCRIPTION)
     server_options(relay_p, "--upstream", "upstream server")
-    relay_p.add_argument("--redis", default=None, metavar="URL",
-                         help="keep the journal in Redis, e.g. redis://127.0.0.1:6379/0, so "
-                         "several relays share runs (needs the redis extra; default: in "
-                         "memory)")
-    relay_p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    journal_g = relay_p.add_mutually_exclusive_group()
+    journal_g.add_argument("--redis", default=None, metavar="URL",
+                           help="keep the journal in Redis, e.g. redis://127.0.0.1:6379/0, so "
+                           "several relays share runs (needs the redis extra; default: in "
+                           "memory)")
+    journal_g.add_argument("--redis-cluster", default=None, metavar="URL",
+                           help="keep the journal in a Redis Cluster (URL of any node)")
+    relay_p.add_argument("--auth-token-env", default=None, metavar="NAME",
+                         help="environment variable holding the bearer tokens (comma-"
+                         "separated) that POST /v1/runs needs")
+    relay_p.add_argument("--insecure-no-auth", action="store_true",
+                         help="listen on a non-loopback --host without --auth-token-env: "
+                         "anyone who reaches it spends the upstream key")
+    relay_p.add_argument("--host", default="127.0.0.1",
+                         help="the address to listen on (not loopback: needs --auth-token-env)")
     relay_p.add_argument("--port", type=int, default=8080, help="the port to listen on")
+    relay_p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                         help="let pages from ORIGIN (e.g. https://app.example.com) call the "
+                         "relay (CORS); repeatable; default: no other origin")
+    relay_p.add_argument("--max-runs", type=_positive_int, default=64, metavar="N",
+                         help="runs in progress in this process at most (then 503)")
+    relay_p.add_argument("--max-runs-per-client", type=_positive_int, default=None,
+                         metavar="N",
+                         help="runs in progress per client (token) at most (then 429)")
+    relay_p.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
+                         help="entries per run at most (a longer run ends with an error; "
+                         "default: the journal's)")
+    relay_p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                         help="on SIGTERM, let running runs end for this long before "
+                         "cancelling them")
+    relay_p.add_argument("--slow-client-timeout", type=float, default=10.0, metavar="SECONDS",
+                         help="end an events response whose client has not read for this "
+                         "long (it resumes by Last-Event-ID)")
     relay_p.add_argument("--abandon-after", type=float, default=10.0, metavar="SECONDS",
                          help="end the followers of a run whose writer is silent this long")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
 
 
 class _UsageError(Exception):
@@ -308,25 +350,54 @@ def _run_chat(args: argparse.Namespace) -> int:
 # -- relay -----------------------------------------------------------------------------------
 
 
+def _relay_tokens(variable: str) -> list[str]:
+    """The bearer tokens in the variable named by ``--auth-token-env`` (comma-separated)."""
+    tokens = [t.strip() for t in os.environ.get(variable, "").split(",") if t.strip()]
+    if not tokens:
+        raise _UsageError(f"environment variable {variable} (--auth-token-env) holds no token")
+    return tokens
+
+
 def _run_relay(args: argparse.Namespace) -> int:
     from .journal import JournalError, run_relay
+    from .journal._relay import bearer_authorizer, check_origin, is_loopback
     from .providers.openai import OpenAILLM
 
     if missing := _missing_extra("hypercorn", "server", "relay"):
         return missing
-    if args.redis and (missing := _missing_extra("coredis", "redis", "relay --redis")):
+    redis_url = args.redis or args.redis_cluster
+    if redis_url and (missing := _missing_extra("coredis", "redis", "relay --redis")):
         return missing
     try:
         api_key = _api_key(args.api_key_env)
-    except _UsageError as exc:
+        tokens = _relay_tokens(args.auth_token_env) if args.auth_token_env else None
+        if tokens is None and not args.insecure_no_auth and not is_loopback(args.host):
+            raise _UsageError(
+                f"refusing to listen on {args.host} without authentication: anyone reaching "
+                "it would spend the upstream's API key; set --auth-token-env NAME (or "
+                "--insecure-no-auth)"
+            )
+        options = {
+            "authorize": None if tokens is None else bearer_authorizer(tokens),
+            "allow_origins": tuple(check_origin(o) for o in args.allow_origin),
+            "max_runs": args.max_runs,
+            "max_runs_per_client": args.max_runs_per_client,
+            "abandon_after": args.abandon_after,
+            "slow_client_timeout": args.slow_client_timeout,
+        }
+        if args.drain_timeout < 0 or not args.slow_client_timeout > 0:
+            raise _UsageError("--drain-timeout must be >= 0 and --slow-client-timeout > 0")
+    except (_UsageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    del tokens
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     async def serve() -> None:
         async with OpenAILLM(args.model, base_url=args.upstream, api_key=api_key) as llm:
-            await run_relay(llm, redis_url=args.redis, host=args.host, port=args.port,
-                            abandon_after=args.abandon_after)
+            await run_relay(llm, redis_url=redis_url, redis_cluster=bool(args.redis_cluster),
+                            host=args.host, port=args.port, max_entries=args.max_entries,
+                            drain_timeout=args.drain_timeout, **options)
 
     try:
         trio.run(serve)

@@ -5,7 +5,8 @@
 - :func:`read_body`: a request body, read in full up to a bound;
 - :func:`watch_disconnect`: the task that notices a client leaving mid-response;
 - :class:`ScopeSet`: the cancel scopes of running tasks of one kind (responses, runs), to
-  cancel them all and to wait until none is left.
+  cancel them all and to wait until none is left;
+- :func:`header` and :func:`with_headers`: read a request header, add response headers.
 
 hypercorn itself is imported only inside :func:`hypercorn_config`, so this module imports
 without the ``server`` extra.
@@ -30,9 +31,11 @@ __all__ = [
     "Scope",
     "ScopeSet",
     "Send",
+    "header",
     "hypercorn_config",
     "read_body",
     "watch_disconnect",
+    "with_headers",
 ]
 
 Scope: TypeAlias = dict[str, Any]
@@ -68,6 +71,30 @@ def hypercorn_config(
     config.errorlog = logger
     config.keep_alive_timeout = 75
     return config
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The value of the request header ``name`` (lower-case bytes), the last one if repeated;
+    None without it."""
+    found: bytes | None = None
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            found = value
+    return found
+
+
+def with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """``send``, adding ``headers`` to the response's start message (for headers every
+    response of a request gets, such as CORS). ``send`` itself when there are none."""
+    if not headers:
+        return send
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *headers]}
+        await send(message)
+
+    return send_with_headers
 
 
 class BodyTooLarge(Exception):

@@ -14,6 +14,7 @@ class Event:
     id: int | None
     event: str
     data: bytes
+    raw_id: bytes | None = None  # the id as sent, when it is not a seq (a made-up ending)
 
     def json(self) -> dict[str, object]:
         value = msgspec.json.decode(self.data)
@@ -32,9 +33,10 @@ def parse_block(block: bytes) -> Event | None:
         return None  # comments, retry-only blocks
     raw_id = fields.get("id")
     return Event(
-        int(raw_id) if raw_id is not None else None,
+        int(raw_id) if raw_id is not None and raw_id.isdigit() else None,
         fields.get("event", b"message").decode(),
         fields["data"],
+        raw_id,
     )
 
 
@@ -84,3 +86,72 @@ def check_stream(events: list[Event], first: int = 1) -> dict[str, object]:
     assert events[-1].event == "end"
     assert all(e.event == "message" for e in events[:-1])
     return ends[0].json()
+
+
+async def throttled_read(
+    base_url: str,
+    path: str,
+    *,
+    last_event_id: int | None = None,
+    read_size: int = 16 * 1024,
+    pause_every: int = 512 * 1024,
+    pause: float = 0.5,
+    receive_buffer: int = 64 * 1024,
+) -> tuple[int, list[Event], bool]:
+    """GET an event stream like a slow client: a small socket receive buffer (so the server
+    feels it), reads of at most ``read_size`` bytes and a ``pause`` after every
+    ``pause_every`` bytes. Returns the status, the events and whether the response ended
+    properly (False if the connection was cut mid-body). HTTP/1.1 with h11 over a plain
+    socket: httpx offers no way to set the socket's buffer or to read this slowly."""
+    import socket
+
+    import h11
+    import trio
+
+    url = httpx.URL(base_url)
+    host, port = url.host, url.port or 80
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Before connecting: a fixed buffer turns off the kernel's receive-window autotuning.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    await sock.connect((host, port))
+    stream = trio.SocketStream(sock)
+    conn = h11.Connection(h11.CLIENT)
+    headers = [("host", f"{host}:{port}"), ("accept", "text/event-stream")]
+    if last_event_id is not None:
+        headers.append(("last-event-id", str(last_event_id)))
+    events: list[Event] = []
+    status = 0
+    buffer = bytearray()
+    since_pause = 0
+    async with stream:
+        await stream.send_all(conn.send(h11.Request(method="GET", target=path,
+                                                    headers=headers)))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                return status, events, False
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(read_size)
+                since_pause += len(data)
+                if since_pause >= pause_every:
+                    since_pause = 0
+                    await trio.sleep(pause)
+                conn.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                buffer += event.data
+                end = buffer.rfind(b"\n\n")
+                if end >= 0:
+                    for block in bytes(buffer[:end]).split(b"\n\n"):
+                        parsed = parse_block(block)
+                        if parsed is not None:
+                            events.append(parsed)
+                    del buffer[: end + 2]
+            elif isinstance(event, h11.EndOfMessage):
+                assert not buffer, "the response ended inside an event"
+                return status, events, True
+            elif isinstance(event, h11.ConnectionClosed):
+                return status, events, False

@@ -62,7 +62,7 @@ async def start_run(client: httpx.AsyncClient, **body: object) -> str:
     response = await client.post("/v1/runs", json={**MESSAGES, **body})
     assert response.status_code == 201, response.text
     events: str = response.json()["events"]
-    assert response.headers["location"] == events
+    assert events.startswith(response.headers["location"] + "/events?token=")
     return events
 
 
@@ -85,9 +85,9 @@ async def test_a_run_streams_and_resumes_from_every_position() -> None:
         status, _ = await read_events(client, url, last_event_id=len(events))
         assert status == 204
         # Clients that cannot set headers use the query parameter.
-        status, rest = await read_events(client, f"{url}?last_event_id={len(events) - 2}")
+        status, rest = await read_events(client, f"{url}&last_event_id={len(events) - 2}")
         assert rest == events[-2:]
-        info = (await client.get(url.removesuffix("/events"))).json()
+        info = (await client.get(url.replace("/events?", "?"))).json()
         assert info["last_seq"] == info["end_seq"] == len(events)
 
 
@@ -164,19 +164,21 @@ async def test_an_abandoned_run_ends_with_one_end_event() -> None:
     async with (
         open_mock_server() as upstream,
         relay(journal, upstream, abandon_after=0.3, record_options=RecordOptions(
-            heartbeat_interval=0.1)) as (client, _),
+            heartbeat_interval=0.1)) as (client, app),
     ):
         # A run whose writer (another process, say) died after two chunks.
         await journal.create_run("dead")
+        token = await app.grant("dead")
         chunk = decode_chunk(b'{"id":"x","choices":[{"delta":{"content":"hi"}}]}')
         await journal.append("dead", [JournalEntry(1, chunk=chunk), JournalEntry(2, chunk=chunk)])
         with trio.fail_after(2):
-            _, events = await read_events(client, "/v1/runs/dead/events")
+            _, events = await read_events(client, f"/v1/runs/dead/events?token={token}")
         end = check_stream(events)
         assert end["status"] == "failed"
         assert end["error"]["type"] == "StreamAbandoned"  # type: ignore[index]
         assert end["error"]["retryable"] is True  # type: ignore[index]
-        status, _ = await read_events(client, "/v1/runs/dead/events", last_event_id=3)
+        status, _ = await read_events(client, f"/v1/runs/dead/events?token={token}",
+                                      last_event_id=3)
         assert status == 204
 
 
@@ -192,7 +194,10 @@ async def test_errors_are_answered_with_statuses() -> None:
         assert (await client.get("/elsewhere")).status_code == 404
         assert (await client.get("/v1/runs")).status_code == 405
         assert (await client.post("/v1/runs/x/events")).status_code == 405
-        assert (await client.post("/v1/runs", content=b"{")).status_code == 400
+        json_type = {"content-type": "application/json"}
+        assert (await client.post("/v1/runs", content=b"{", headers=json_type)).status_code \
+            == 400
+        assert (await client.post("/v1/runs", content=b"{}")).status_code == 415
         assert (await client.post("/v1/runs", json={"messages": []})).status_code == 400
         bad_role = {"messages": [{"role": "robot", "content": "x"}]}
         assert (await client.post("/v1/runs", json=bad_role)).status_code == 400
@@ -201,13 +206,13 @@ async def test_errors_are_answered_with_statuses() -> None:
         huge = {"messages": [{"role": "user", "content": "x" * 5000}]}
         assert (await client.post("/v1/runs", json=huge)).status_code == 413
         url = await start_run(client, run_id="mine")
-        assert url == "/v1/runs/mine/events"
+        assert url.startswith("/v1/runs/mine/events?token=")
         response = await client.post("/v1/runs", json={**MESSAGES, "run_id": "mine"})
         assert response.status_code == 409
         response = await client.get(url, headers={"last-event-id": "x1"})
         assert response.status_code == 400
         with trio.fail_after(5):
-            while (await client.get("/v1/runs/mine")).json()["end_seq"] is None:
+            while (await client.get(url.replace("/events?", "?"))).json()["end_seq"] is None:
                 await trio.sleep(0.01)
         # A run is never trimmed; past max_entries=4 it ends with a RunTooLong error, and
         # resuming from any position still gets every entry after it.

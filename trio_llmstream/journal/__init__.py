@@ -54,6 +54,7 @@ from ._record import record as record
 from ._redis import RedisJournal as RedisJournal
 from ._redis import open_redis_journal as open_redis_journal
 from ._relay import RelayApp as RelayApp
+from ._relay import bearer_authorizer as bearer_authorizer
 from ._relay import run_relay as run_relay
 from ._relay import serve_relay as serve_relay
 from ._sse import format_sse as format_sse
@@ -84,6 +85,7 @@ __all__ = [
     "RunNotFound",
     "RunTooLong",
     "StreamAbandoned",
+    "bearer_authorizer",
     "decode_chunk",
     "decode_end",
     "decode_entry",

@@ -22,7 +22,15 @@ from __future__ import annotations
 
 from ._entry import JournalEntry, RunEnd, encode_chunk, encode_end
 
-__all__ = ["format_sse", "format_sse_end", "parse_event_id", "sse_comment", "sse_retry"]
+__all__ = [
+    "ENDING_SUFFIX",
+    "format_sse",
+    "format_sse_end",
+    "parse_event_id",
+    "parse_resume_id",
+    "sse_comment",
+    "sse_retry",
+]
 
 
 def format_sse(entry: JournalEntry) -> bytes:
@@ -33,10 +41,28 @@ def format_sse(entry: JournalEntry) -> bytes:
     return b"id: %d\nevent: end\ndata: %s\n\n" % (entry.seq, encode_end(entry.end))
 
 
-def format_sse_end(end: RunEnd) -> bytes:
-    """An ``end`` event with no id: an ending known to the relay but not in the journal
-    (a follower that could not write the seal of an abandoned run)."""
-    return b"event: end\ndata: %s\n\n" % encode_end(end)
+ENDING_SUFFIX = "-end"
+"""The suffix of the id of an ending that the relay made up (see :func:`format_sse_end`)."""
+
+# An EventSource waits this long before reconnecting after a made-up ending: one day, so a
+# page that does not close it on ``end`` does not loop (the reconnection gets 204 anyway).
+ENDING_RETRY_MS = 86_400_000
+
+
+def format_sse_end(end: RunEnd, last_seq: int | None = None) -> bytes:
+    """An ending known to the relay but not in the journal (a follower that could not write
+    the seal of an abandoned run, the journal being down), as an ``end`` event.
+
+    Its id is ``<last_seq>-end``: not a seq of the run (the journal may still get one
+    there), but a position the relay recognises. A client that reconnects with it as its
+    ``Last-Event-ID`` is answered 204, which stops an EventSource; before the event, a
+    ``retry`` of a day keeps a browser that does not close its EventSource on ``end`` from
+    reconnecting at once. Without ``last_seq``, the bare event (no id, no retry).
+    """
+    if last_seq is None:
+        return b"event: end\ndata: %s\n\n" % encode_end(end)
+    return b"retry: %d\n\nid: %d%s\nevent: end\ndata: %s\n\n" % (
+        ENDING_RETRY_MS, last_seq, ENDING_SUFFIX.encode(), encode_end(end))
 
 
 def sse_comment(text: str = "") -> bytes:
@@ -64,3 +90,13 @@ def parse_event_id(value: str | bytes | None) -> int:
     if not text.isdecimal() or not text.isascii() or len(text) > 18:
         raise ValueError(f"an event id is a non-negative integer, not {text!r}")
     return int(text)
+
+
+def parse_resume_id(value: str | bytes | None) -> tuple[int, bool]:
+    """A ``Last-Event-ID`` as the relay reads it: ``(seq, False)`` for a seq (see
+    :func:`parse_event_id`), ``(seq, True)`` for the id of an ending the relay made up after
+    ``seq`` (``<seq>-end``, see :func:`format_sse_end`). ``ValueError`` for anything else."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    if text is not None and text.strip().endswith(ENDING_SUFFIX):
+        return parse_event_id(text.strip()[: -len(ENDING_SUFFIX)] or "x"), True
+    return parse_event_id(text), False
