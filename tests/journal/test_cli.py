@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 import trio
 
 import trio_llmstream
@@ -189,11 +188,6 @@ def test_the_journal_does_not_import_a_provider() -> None:
 
 # -- journal options: a run's length bound, Redis Cluster ------------------------------------------
 
-NEEDS_JOURNAL = pytest.mark.xfail(
-    strict=False,
-    reason="needs i14-journal: MemoryJournal/open_redis_journal(max_entries=...) ending a run "
-    "with a typed error entry, open_redis_journal(url, cluster=True)",
-)
 LONG = [f"p{i} " for i in range(40)]
 
 
@@ -210,21 +204,19 @@ async def check_max_entries(*journal_args: str) -> None:
         _, events = await read_events(client, response.json()["events"])
         end = check_stream(events)
         assert end["status"] == "failed"
-        assert len(events) <= 10
+        assert len(events) == 11  # the 10 chunks the cap allows, then the end at seq 11
         error = end["error"]
         assert isinstance(error, dict)
-        assert error["type"] != "StreamAbandoned"
+        assert error["type"] == "RunTooLong"
         # Nothing was trimmed: a reader from the start gets the same events.
         _, again = await read_events(client, response.json()["events"])
         assert again == events
 
 
-@NEEDS_JOURNAL
 async def test_max_entries_bounds_a_run_on_the_memory_journal() -> None:
     await check_max_entries()
 
 
-@NEEDS_JOURNAL
 async def test_max_entries_bounds_a_run_on_redis(redis_server: RedisServer) -> None:
     await check_max_entries("--redis", redis_server.url)
 
@@ -283,7 +275,6 @@ def redis_cluster(directory: Path, masters: int = 3) -> Iterator[list[int]]:
                 process.wait()
 
 
-@NEEDS_JOURNAL
 async def test_two_relays_share_runs_through_a_redis_cluster(tmp_path: Path) -> None:
     with redis_cluster(tmp_path) as ports:
         url = f"redis://127.0.0.1:{ports[0]}"

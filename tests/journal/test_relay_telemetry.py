@@ -9,7 +9,6 @@ from functools import partial
 from typing import Any
 
 import httpx
-import pytest
 import trio
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -81,8 +80,6 @@ async def test_run_and_follow_spans_join_the_callers_trace() -> None:
     assert plain["token"] not in text
 
 
-@pytest.mark.xfail(strict=False, reason="needs the runtime's stream spans (issue 15, another "
-                   "branch): the run's span is current while its stream opens")
 async def test_the_runs_stream_span_is_a_child_of_the_run_span() -> None:
     finished, traced, _ = await traced_runs()
     run = next(s for s in finished if s.name == "relay run"
