@@ -214,7 +214,7 @@ async def test_first_token_still_fails_a_server_that_never_writes(
 def test_timeout_number_keeps_livekit_meaning_and_defaults_are_documented() -> None:
     assert APIConnectOptions().timeout is None
     assert APIConnectOptions().timeouts_for(0) == Timeouts(
-        connect=10.0, headers=None, first_event=900.0, idle=900.0, first_token=900.0
+        connect=60.0, headers=None, first_event=900.0, idle=900.0, first_token=900.0
     )
     assert APIConnectOptions(timeout=4).timeouts_for(2) == Timeouts(
         connect=4, first_event=4, idle=4, first_token=900.0

@@ -46,13 +46,17 @@ class Timeouts:
 
     Each that fires raises ``APITimeoutError`` naming it (``limit``); it is retryable.
 
-    Why these defaults (connect 10 s, first_event/idle/first_token 900 s): with default
+    Why these defaults (connect 60 s, first_event/idle/first_token 900 s): with default
     options no stream can hang forever, yet a legitimate server is never failed for being
     slow. Reasoning models are routinely silent for minutes before their first token, and a
     busy client with thousands of streams takes time to read them; openai-python waits 600 s
     per read, so a server that answers within 10 minutes must never fail here, and 15 minutes
-    leave margin over that. A connection either opens within seconds or not at all, hence
-    10 s (livekit's value). These defaults are for safety, not for latency: an interactive
+    leave margin over that. ``connect`` also covers waiting for a free connection in the
+    client's pool and for the server to accept: a server hit by a burst of connections keeps
+    the excess in its listen backlog, and the client's kernel retransmits the SYN after 1, 3,
+    7, 15 and 31 s. With 10 s (livekit's value) about a fifth of 10,000 concurrent streams on
+    one small machine failed to connect to a healthy loopback server; 60 s lets a busy server
+    accept them, and a dead one fails within a minute. These defaults are for safety, not for latency: an interactive
     application that would rather retry than wait sets tight limits, for instance for a
     voice agent (fail over quickly, give each retry twice the patience)::
 
@@ -69,7 +73,7 @@ class Timeouts:
     Set ``first_event`` together with ``idle``: the latter only runs once data flows.
     """
 
-    connect: float | None = attrs.field(default=10.0, validator=_positive_or_none)
+    connect: float | None = attrs.field(default=60.0, validator=_positive_or_none)
     first_token: float | None = attrs.field(default=900.0, validator=_positive_or_none)
     idle: float | None = attrs.field(default=900.0, validator=_positive_or_none)
     first_event: float | None = attrs.field(default=900.0, validator=_positive_or_none)
