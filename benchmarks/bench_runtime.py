@@ -10,7 +10,11 @@ Measures, on the same 10,000 pre-built chunks:
   least any trio producer/consumer split can pay, and one per chunk (the naive design);
 - a livekit-style asyncio pipeline: producer task -> unbounded asyncio.Queue -> tee task ->
   consumer queue, plus a metrics queue drained by a metrics task;
-and the memory of an idle open stream, with 10,000 streams open at once.
+and the memory of an idle open stream, with 10,000 streams open at once; and the cost of
+OpenTelemetry: the same streams with an SDK installed and recording (a batch span processor
+and an in-memory metric reader) against none, CPU time paired round by round (the issue's
+target: at most 5% more CPU per chunk; telemetry is per stream and per attempt, never per
+chunk, so short streams show its fixed cost per stream).
 The machine is shared and noisy: each figure is the best of several repeats, and only ratios
 between figures measured in this same run mean anything.
 """
@@ -98,6 +102,72 @@ def time_runtime(chunks: list[ChatChunk], batch: int, yield_per_emit: bool) -> f
         return elapsed
 
     return trio.run(main)
+
+
+def cpu_streams(chunks: list[ChatChunk], batch: int, streams: int, providers: object) -> float:
+    """CPU seconds for ``streams`` streams of ``chunks`` one after another, with telemetry
+    going to ``providers`` (an SDK's tracer and meter providers) or nowhere (None)."""
+    from trio_llmstream._telemetry import use_providers
+
+    llm = BatchLLM(chunks, batch, True)
+
+    async def main() -> float:
+        t0 = time.process_time()
+        for _ in range(streams):
+            async with open_llm_stream(llm, chat_ctx=CTX, conn_options=NO_LIMITS) as stream:
+                async for _ in stream:
+                    pass
+        return time.process_time() - t0
+
+    if providers is None:
+        return trio.run(main)
+    tracer_provider, meter_provider = providers  # type: ignore[misc]
+
+    async def with_sdk() -> float:
+        with use_providers(tracer_provider, meter_provider):
+            return await main()
+
+    return trio.run(with_sdk)
+
+
+def telemetry_cost() -> None:
+    try:
+        import opentelemetry.trace  # noqa: F401 - telemetry records only once OTel is imported
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+    except ImportError:
+        print("\ntelemetry: opentelemetry-sdk not installed; section skipped")
+        return
+
+    class Discard(SpanExporter):
+        def export(self, spans: object) -> object:
+            from opentelemetry.sdk.trace.export import SpanExportResult
+
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    sdk = (tracer_provider, meter_provider)
+    print("\nOpenTelemetry, SDK recording vs none (CPU, paired rounds, best of each):")
+    print(f"{'case':<44} {'none':>10} {'SDK':>10} {'more CPU':>9}")
+    for label, n, batch, streams in (
+        ("10,000-chunk stream, 1 chunk per read", N, 1, 1),
+        ("10,000-chunk stream, 12 chunks per read", N, 12, 1),
+        ("200-chunk streams x 50, 1 chunk per read", 200, 1, 50),
+    ):
+        chunks = make_chunks(n)
+        none_t, sdk_t = [], []
+        for _ in range(REPEATS):
+            none_t.append(cpu_streams(chunks, batch, streams, None))
+            sdk_t.append(cpu_streams(chunks, batch, streams, sdk))
+        a, b = min(none_t), min(sdk_t)
+        per = 1e6 / (n * streams)
+        print(f"{label:<44} {a * per:>7.3f}µs {b * per:>7.3f}µs {100 * (b / a - 1):>+8.1f}%")
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
 
 
 def time_bare_hop(chunks: list[ChatChunk], batch: int, yield_per_emit: bool = False) -> float:
@@ -229,6 +299,7 @@ def main() -> None:
     print("\nmemory per idle open stream, 10,000 open at once (with the caller's task):")
     for name, options in (("default limits", APIConnectOptions()), ("no limits", NO_LIMITS)):
         print(f"  {name:>14}: {idle_stream_memory(options) / 1024:.1f} KiB")
+    telemetry_cost()
 
 
 if __name__ == "__main__":
