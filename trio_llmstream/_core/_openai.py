@@ -68,9 +68,10 @@ event belongs to the same ending instead of being a second one.
   a finish reason (some servers omit [DONE]), open calls flushed; otherwise failed with
   ``StreamTruncatedError`` and open calls dropped. A cut stream is never a silent success.
 
-Errors do not raise from ``feed``: a network read may complete several chunks and then an
-error, and raising would lose the chunks. ``feed`` returns what preceded the error and sets
-``error`` and ``finished``; the caller delivers, then raises ``error``.
+Errors are never raised (the core's rule, ``_core/__init__.py``): a network read may complete
+several chunks and then an error, and raising would lose the chunks. Every method returns what
+preceded the error and sets ``error`` and ``finished``; the caller delivers, then raises
+``error``.
 
 Speed
 -----
@@ -279,9 +280,11 @@ class _ChoiceState:
 class ChatCompletionAssembler:
     """Turns the SSE events of one chat-completions stream into ``ChatChunk``s.
 
-    Feed events with :meth:`feed_events` as they arrive and call :meth:`end` when the input ends.
-    Neither raises for a problem in the stream: each returns the chunks produced before it, and
-    sets ``error`` (an ``APIError``) and ``finished``. Once ``finished``, input is ignored.
+    Feed events with :meth:`feed_events` as they arrive (or the data of ``message`` events with
+    :meth:`feed_payloads`, as the shared parser's framing shortcut does) and call :meth:`end`
+    when the input ends. None of them raises for a problem in the stream: each returns the
+    chunks produced before it, and sets ``error`` (an ``APIError``) and ``finished``; so does
+    :meth:`fail`, which ends the stream with a given error. Once ``finished``, input is ignored.
 
     Attributes (read them, do not set them):
 
