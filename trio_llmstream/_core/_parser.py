@@ -24,7 +24,9 @@ over as the raw bytes between ``data: `` and the block's end (UTF-8, possibly in
 with replacement they are exactly the events' ``data``). Such an assembler promises that
 ``feed_payloads`` does what ``feed_events`` would do with those ``message`` events, and that it
 reads neither ``id`` nor ``retry`` (which the shortcut does not track). One without
-``feed_payloads`` gets every event from the decoder.
+``feed_payloads`` gets every event from the decoder. Either method is called only with at least
+one event or payload, so an assembler that moves ``progress`` once per call of a data-carrying
+kind keeps the progress rule on both paths (``tests/core/test_parser.py`` checks it).
 
 The framing shortcut, and why
 -----------------------------
