@@ -18,6 +18,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import trio_llmstream.sse as sse_module
+from trio_llmstream._core._sse import EventStreamDecoder
 from trio_llmstream._exceptions import StreamProtocolError
 from trio_llmstream.sse import ServerSentEvent, SSEDecoder
 
@@ -48,6 +49,40 @@ def run(chunks: Iterable[bytes], **limits: int) -> tuple[list[ServerSentEvent], 
     except StreamProtocolError as exc:
         return events, limit_named(exc)
     return events, None
+
+
+def run_quiet(
+    chunks: Iterable[bytes], **limits: int
+) -> tuple[list[ServerSentEvent], str | None, list[bool]]:
+    """``run`` for the core's decoder, which never raises for the stream: the events, which
+    limit ``error`` names, and after each chunk whether ``error`` was set."""
+    decoder = EventStreamDecoder(**limits)
+    events: list[ServerSentEvent] = []
+    known: list[bool] = []
+    for chunk in chunks:
+        events += decoder.feed(chunk)
+        known.append(decoder.error is not None)
+    events += decoder.end()
+    error = decoder.error
+    if error is not None:
+        assert error.__traceback__ is None
+    return events, limit_named(error) if error is not None else None, known
+
+
+def known_per_chunk(chunks: Iterable[bytes], **limits: int) -> list[bool]:
+    """After each chunk, whether the public decoder has met its error: raised it, or returned
+    the events before it and deferred the raise (``error`` set)."""
+    decoder = SSEDecoder(**limits)
+    known: list[bool] = []
+    for chunk in chunks:
+        raised: StreamProtocolError | None = None
+        try:
+            decoder.feed(chunk)
+        except StreamProtocolError as exc:
+            raised = exc
+        assert raised is None or raised is decoder.error
+        known.append(decoder.error is not None)
+    return known
 
 
 def limit_named(exc: StreamProtocolError) -> str:
@@ -662,6 +697,44 @@ def test_error_without_events_raises_at_once_and_sticks() -> None:
         decoder.end()
 
 
+def test_the_public_decoder_exposes_its_error_from_the_read_that_broke_the_limit() -> None:
+    decoder = SSEDecoder(max_line_size=10)
+    assert decoder.error is None
+    assert decoder.feed(b"data: a\n\ndata: " + b"x" * 20) == [E(data="a")]
+    error = decoder.error
+    assert isinstance(error, StreamProtocolError)
+    with pytest.raises(StreamProtocolError) as raised:
+        decoder.end()
+    assert raised.value is error
+
+
+def test_the_core_decoder_reports_a_broken_limit_as_state() -> None:
+    # The core's rule: the events before the violation, then ``error``; nothing raised.
+    decoder = EventStreamDecoder(max_line_size=10)
+    assert decoder.feed(b"data: a\n\ndata: " + b"x" * 20) == [E(data="a")]
+    error = decoder.error
+    assert isinstance(error, StreamProtocolError)
+    assert "max_line_size (10 bytes)" in str(error)
+    assert error.__traceback__ is None  # it would keep the read alive
+    assert decoder.feed(b"\n\ndata: b\n\n") == []
+    assert decoder.end() == []
+    assert decoder.error is error
+    # Without events: still not raised.
+    decoder = EventStreamDecoder(max_event_size=3)
+    assert decoder.feed(b"data: 1234\n") == []
+    assert isinstance(decoder.error, StreamProtocolError)
+    assert decoder.feed(b"x" * (1 << 20)) == []  # a large read after it, not looked at
+
+
+def test_the_core_decoder_still_refuses_misuse() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        EventStreamDecoder(max_line_size=0)
+    decoder = EventStreamDecoder()
+    decoder.end()
+    with pytest.raises(RuntimeError, match=r"after end\(\)"):
+        decoder.feed(b"data: x\n\n")
+
+
 def test_large_feed_is_processed_in_windows() -> None:
     # A read much larger than the limits, full of events that each respect them.
     data = b"".join(b"data: %d\n\n" % i for i in range(2000))
@@ -731,3 +804,17 @@ def test_arbitrary_bytes_match_the_reference(parts: list[bytes], data: st.DataOb
     assume(stream)
     assert run(parts) == reference(stream)
     assert run(data.draw(split_points(stream), label="chunks")) == reference(stream)
+
+
+@given(streams(), st.integers(1, 40), st.integers(1, 40), st.data())
+def test_the_core_decoder_reports_what_the_public_one_raises(
+    stream: bytes, max_line: int, max_event: int, data: st.DataObject
+) -> None:
+    # The two doors of one decoder: the same events and error, known after the same chunk.
+    limits = {"max_line_size": max_line, "max_event_size": max_event}
+    expected = reference(stream, max_line, max_event)
+    for chunks in ([stream], bytewise(stream), data.draw(split_points(stream), label="chunks")):
+        events, limit, known = run_quiet(chunks, **limits)
+        assert (events, limit) == expected
+        assert (events, limit) == run(chunks, **limits)
+        assert known == known_per_chunk(chunks, **limits)

@@ -68,9 +68,10 @@ event belongs to the same ending instead of being a second one.
   a finish reason (some servers omit [DONE]), open calls flushed; otherwise failed with
   ``StreamTruncatedError`` and open calls dropped. A cut stream is never a silent success.
 
-Errors do not raise from ``feed``: a network read may complete several chunks and then an
-error, and raising would lose the chunks. ``feed`` returns what preceded the error and sets
-``error`` and ``finished``; the caller delivers, then raises ``error``.
+Errors are never raised (the core's rule, ``_core/__init__.py``): a network read may complete
+several chunks and then an error, and raising would lose the chunks. Every method returns what
+preceded the error and sets ``error`` and ``finished``; the caller delivers, then raises
+``error``.
 
 Speed
 -----
@@ -88,40 +89,15 @@ constructed one) for about 0.2 us. This is valid only while those classes have n
 converters or post-init hooks and keep their fields; ``_check_fast_construction`` verifies that
 at import time, so a change to the model fails loudly instead of building wrong objects.
 
-``ChatCompletionParser`` adds the bytes level. It owns an ``SSEDecoder`` (the reference for the
-SSE rules) but first tries a shortcut that skips building a ``ServerSentEvent`` and a ``str``
-per event, and the per-line work. As long as the stream is LF-only (no CR seen) and did not
-start with a possible BOM, it keeps the bytes after the last ``\n\n`` (a block boundary) and
-cuts the complete blocks before it with one ``split(b"\n\ndata: ")``: a piece without LF is
-the JSON of a block that is one ``data: `` line, handed to msgspec as bytes. Any other piece is
-taken apart block by block: blank and single-line comment blocks are dropped (they change
-nothing, as in the decoder), single-line ``data:`` blocks still skip the decoder, and every
-other block is fed to the decoder whole, at a block boundary, where the decoder's state is
-exactly what it would have been had it seen everything. A CR, a possible BOM, or an unfinished
-block longer than the line/event bounds hands all further input to the decoder for good, from a
-block boundary, so nothing is lost or seen twice. Invalid UTF-8 that msgspec rejects is decoded
-the decoder's way (with replacement) before being judged. The tests check that the shortcut and
-the plain decoder give identical results on arbitrary input under any chunking.
+The bytes level is not here: ``ChatCompletionParser`` is the shared ``EventStreamParser``
+(``_core/_parser.py``: SSE framing, its shortcut for one-line ``data:`` blocks, windows for large
+reads, the decoder's bounds as errors) driving this assembler, which opts into the shortcut with
+:meth:`ChatCompletionAssembler.feed_payloads`: the JSON of each block is handed to msgspec as
+bytes, without a ``ServerSentEvent`` or a ``str`` per event. Invalid UTF-8 that msgspec rejects
+is decoded the decoder's way (with replacement) before being judged, so both paths agree.
 
-The SSE decoder's own bound errors (oversize line or event) are converted too: ``feed`` returns
-the chunks decoded before the violation and sets ``error``; they never propagate.
-
-Memory
-------
-
-A read may be any size: httpx inflates a compressed body one network read at a time without
-limit (64 MiB and more from a small gzip bomb). Splitting such a read in one go would build
-objects proportional to it (a list of 32 million empty pieces for 64 MiB of LF: +2.4 GB), so a
-read longer than a *window* (64 KiB, or the smaller SSE limit if that is smaller) is processed
-as consecutive reads of one window each, which gives the same result (the parser is
-chunking-invariant) and stops at once when the stream finishes. The same holds on the decoder's
-path, where each window's events are assembled before the next window is decoded. So whatever
-a server sends, the parser holds at most its pending block (up to the smaller SSE limit, plus a
-window), the decoder's bounded state and one window's pieces: measured, at most about +2.4 MiB
-over a read of any size with the default 1 MiB limits. Only the returned list grows with the
-input, in proportion to the chunks it really holds (a few hundred bytes per chunk, each carrying
-something): bounding that is the caller's choice of read size. A stored error keeps no
-traceback, which would keep the frames it passed through, and so the read, alive.
+A stored error keeps no traceback, which would keep the frames it passed through, and so the
+read, alive.
 """
 
 from __future__ import annotations
@@ -134,7 +110,8 @@ import msgspec
 from .._exceptions import APIError, ProviderError, StreamProtocolError, StreamTruncatedError
 from .._models import ChatChunk, ChatRole, Choice, ChoiceDelta, CompletionUsage, FunctionCall
 from ._build import FillChoice, FillChunk, FillDelta, make_choice, make_chunk, make_delta
-from ._sse import WINDOW, ServerSentEvent, SSEDecoder
+from ._parser import EventStreamParser
+from ._sse import ServerSentEvent
 
 __all__ = [
     "DEFAULT_MAX_CHOICES",
@@ -303,9 +280,11 @@ class _ChoiceState:
 class ChatCompletionAssembler:
     """Turns the SSE events of one chat-completions stream into ``ChatChunk``s.
 
-    Feed events with :meth:`feed_events` as they arrive and call :meth:`end` when the input ends.
-    Neither raises for a problem in the stream: each returns the chunks produced before it, and
-    sets ``error`` (an ``APIError``) and ``finished``. Once ``finished``, input is ignored.
+    Feed events with :meth:`feed_events` as they arrive (or the data of ``message`` events with
+    :meth:`feed_payloads`, as the shared parser's framing shortcut does) and call :meth:`end`
+    when the input ends. None of them raises for a problem in the stream: each returns the
+    chunks produced before it, and sets ``error`` (an ``APIError``) and ``finished``; so does
+    :meth:`fail`, which ends the stream with a given error. Once ``finished``, input is ignored.
 
     Attributes (read them, do not set them):
 
@@ -384,17 +363,17 @@ class ChatCompletionAssembler:
                 batch.append(event.data)
                 continue
             if batch:
-                self._payloads(batch, out)
+                self.feed_payloads(batch, out)
                 batch = []
                 if self.finished:
                     return out
             if kind == "error":
                 self.progress += 1
-                self._fail(self._error_event(event.data))
+                self.fail(self._error_event(event.data))
                 return out
             # Any other event type is not part of this protocol.
         if batch:
-            self._payloads(batch, out)
+            self.feed_payloads(batch, out)
         return out
 
     def end(self) -> list[ChatChunk]:
@@ -412,11 +391,11 @@ class ChatCompletionAssembler:
             try:
                 self._flush(out)
             except APIError as exc:
-                self._fail(exc)
+                self.fail(exc)
                 return out
             self.finished = True
         else:
-            self._fail(
+            self.fail(
                 StreamTruncatedError(
                     "the stream ended without [DONE] or a finish reason",
                     request_id=self.request_id,
@@ -426,9 +405,15 @@ class ChatCompletionAssembler:
 
     # -- the payload loop ------------------------------------------------------------------------
 
-    def _payloads(self, payloads: Iterable[str | bytes | bytearray], out: list[ChatChunk]) -> None:
-        # Handles the data of "message" events, as str (from events) or bytes (from the parser's
-        # shortcut). The fast path is inlined: it runs for almost every chunk of a stream.
+    def feed_payloads(
+        self, payloads: Iterable[str | bytes | bytearray], out: list[ChatChunk]
+    ) -> None:
+        """Process the data of consecutive ``message`` events; append their chunks to ``out``.
+
+        Payloads are str (from events) or UTF-8 bytes (from the parser's framing shortcut,
+        ``PayloadAssembler`` in ``_core/_parser.py``). Never raises for stream problems.
+        """
+        # The fast path is inlined: it runs for almost every chunk of a stream.
         if self.finished:
             return
         self.progress += 1
@@ -498,7 +483,7 @@ class ChatCompletionAssembler:
         except APIError as exc:
             # A bound was exceeded (or a nameless call completed) in this chunk: the chunk is
             # dropped, what came before it stays delivered.
-            self._fail(exc)
+            self.fail(exc)
 
     def _odd_payload(self, payload: str | bytes | bytearray, out: list[ChatChunk]) -> None:
         text = _as_text(payload)
@@ -517,7 +502,7 @@ class ChatCompletionAssembler:
             self._wrong_shape(text, exc)
             return
         except _JSON_ERRORS as exc:
-            self._fail(self._malformed(text, exc))
+            self.fail(self._malformed(text, exc))
             return
         self._wire_chunk(wire, text, out)
 
@@ -536,17 +521,17 @@ class ChatCompletionAssembler:
             # The typed decoder stops at the first mismatch, before seeing the text is not even
             # JSON (a string followed by garbage, say), or before reaching what the untyped one
             # cannot decode (a huge number, deep nesting): it is malformed after all.
-            self._fail(self._malformed(text, malformed))
+            self.fail(self._malformed(text, malformed))
             return
         if isinstance(value, dict):
             err = value.get("error")
             if err is not None:
-                self._fail(self._provider_error(err))
+                self.fail(self._provider_error(err))
                 return
             if value.get("object") == "error":
-                self._fail(self._provider_error(value))
+                self.fail(self._provider_error(value))
                 return
-        self._fail(
+        self.fail(
             StreamProtocolError(
                 f"unexpected JSON in a chunk ({exc}): {_excerpt(text)}",
                 request_id=self.request_id,
@@ -558,7 +543,7 @@ class ChatCompletionAssembler:
     ) -> None:
         # The general path: any chunk, any number of choices.
         if wire.error is not None:
-            self._fail(self._provider_error(wire.error))
+            self.fail(self._provider_error(wire.error))
             return
         rid = wire.id
         if rid:
@@ -572,7 +557,7 @@ class ChatCompletionAssembler:
             # Nothing a chunk has: maybe a bare {"object": "error", "message": ...} body (older
             # vLLM), whose fields the typed Struct skipped. Rare, so decode it again, in full:
             # what the typed decode skipped unread (a number too large to convert, say) can
-            # fail here, and then the payload is malformed (raised, so _payloads fails the
+            # fail here, and then the payload is malformed (raised, so feed_payloads fails the
             # stream after the chunks before it).
             text = _as_text(payload)
             try:
@@ -580,7 +565,7 @@ class ChatCompletionAssembler:
             except _JSON_ERRORS as exc:
                 raise self._malformed(text, exc) from None
             if isinstance(value, dict) and value.get("object") == "error":
-                self._fail(self._provider_error(value))
+                self.fail(self._provider_error(value))
             return
         choices: list[Choice] = []
         states = self._states
@@ -704,7 +689,8 @@ class ChatCompletionAssembler:
 
     # -- errors ----------------------------------------------------------------------------------
 
-    def _fail(self, error: APIError) -> None:
+    def fail(self, error: APIError) -> None:
+        """End the stream with ``error`` (a framing bound, or a problem found here)."""
         # A caught error's traceback holds the frames it passed through, and with them the
         # read, its pieces and the output list: drop it, the error is kept as a value.
         self.error = error.with_traceback(None)
@@ -776,40 +762,26 @@ def _usage(u: _WireUsage) -> CompletionUsage:
 # -- the bytes level ------------------------------------------------------------------------------
 
 
-class ChatCompletionParser:
+class ChatCompletionParser(EventStreamParser):
     """Bytes of a chat-completions response body -> ``ChatChunk``s.
 
-    Owns an :class:`SSEDecoder` and a :class:`ChatCompletionAssembler` (``decoder`` and
-    ``assembler``). Call :meth:`feed` once per network read and :meth:`end` when the body
-    ends; the result is the same however the body is cut into reads. Neither raises for a
-    problem in the stream, including the decoder's own bounds (``max_line_size``,
-    ``max_event_size``): they return the chunks decoded before it and set ``error`` and
-    ``finished``. The usual loop::
-
-        chunks = parser.feed(data)
-        deliver(chunks)
-        if parser.error is not None:
-            raise parser.error
-        if parser.finished:
-            stop reading
+    The shared :class:`~trio_llmstream._core._parser.EventStreamParser` (``decoder``, the
+    framing shortcut, windows) driving a :class:`ChatCompletionAssembler` (``assembler``). Call
+    :meth:`feed` once per network read and :meth:`end` when the body ends; the result is the
+    same however the body is cut into reads. Neither raises for a problem in the stream,
+    including the SSE bounds (``max_line_size``, ``max_event_size``): they return the chunks
+    decoded before it and set ``error`` and ``finished``.
 
     ``finished``, ``error``, ``done``, ``finish_reasons``, ``request_id``, ``usage`` and
     ``progress`` are the assembler's (see :class:`ChatCompletionAssembler`). Whatever the input,
     ``feed`` raises nothing and ``error`` is one of the library's typed errors; a read of any
-    size is processed with bounded extra memory (see "Memory" in the module docstring).
-    Synchronous and free of I/O: there is no cancellation behaviour.
+    size is processed with bounded extra memory. Synchronous and free of I/O: there is no
+    cancellation behaviour.
     """
 
-    __slots__ = (
-        "_fast",
-        "_limit",
-        "_pending",
-        "_primed",
-        "_started",
-        "_window",
-        "assembler",
-        "decoder",
-    )
+    __slots__ = ()
+
+    assembler: ChatCompletionAssembler
 
     def __init__(
         self,
@@ -820,31 +792,12 @@ class ChatCompletionParser:
         max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
         max_choices: int = DEFAULT_MAX_CHOICES,
     ) -> None:
-        self.decoder = SSEDecoder(max_line_size, max_event_size)
-        self.assembler = ChatCompletionAssembler(
+        assembler = ChatCompletionAssembler(
             max_tool_argument_bytes=max_tool_argument_bytes,
             max_tool_calls=max_tool_calls,
             max_choices=max_choices,
         )
-        # The shortcut (see the module essay) is on until something needs the full rules.
-        self._fast = True
-        # A block at most this long is within both SSE bounds, whatever it holds.
-        self._limit = min(max_line_size, max_event_size)
-        # Larger reads are processed a window at a time (see the module essay, "Memory").
-        self._window = min(self._limit, WINDOW)
-        # Shortcut mode: the unfinished block after the last "\n\n" (a block boundary).
-        self._pending = bytearray()
-        self._started = False
-        # Whether the decoder has been started on this stream (see _prime).
-        self._primed = False
-
-    @property
-    def finished(self) -> bool:
-        return self.assembler.finished
-
-    @property
-    def error(self) -> APIError | None:
-        return self.assembler.error
+        super().__init__(assembler, max_line_size=max_line_size, max_event_size=max_event_size)
 
     @property
     def done(self) -> bool:
@@ -853,229 +806,3 @@ class ChatCompletionParser:
     @property
     def finish_reasons(self) -> dict[int, str]:
         return self.assembler.finish_reasons
-
-    @property
-    def request_id(self) -> str | None:
-        return self.assembler.request_id
-
-    @property
-    def usage(self) -> CompletionUsage | None:
-        return self.assembler.usage
-
-    @property
-    def progress(self) -> int:
-        return self.assembler.progress
-
-    def feed(self, data: bytes) -> list[ChatChunk]:
-        """Process the next read of the body; return the chunks it completes, in order.
-
-        Input after the stream finished is consumed and ignored.
-        """
-        asm = self.assembler
-        if asm.finished or not data:
-            return []
-        if type(data) is not bytes:
-            data = bytes(data)
-        out: list[ChatChunk] = []
-        if not self._fast:
-            self._to_decoder(data, out)
-            return out
-        if not self._started:
-            self._started = True
-            if data[0] == 0xEF:
-                # Perhaps a BOM: the decoder's business, from the very first byte.
-                self._primed = True
-                self._leave_fast(data, out)
-                return out
-        if 13 in data:
-            # CR line endings: splitting at LF LF would be wrong.
-            self._leave_fast(data, out)
-            return out
-        pending = self._pending
-        if (
-            not pending
-            and data[:6] == b"data: "
-            and data.find(10) == len(data) - 2
-            and data[-1] == 10
-            and len(data) <= self._limit
-        ):
-            # The most common read of all: exactly one whole single-line data block (servers
-            # flush one event per HTTP chunk, and httpx yields one chunk at a time).
-            asm._payloads((data[6:-2],), out)
-            return out
-        size = len(data)
-        if size > self._window:
-            return self._feed_windows(data)
-        # Only the new bytes can hold a new separator (one may straddle the two reads).
-        start = len(pending)
-        pending += data
-        cut = pending.rfind(b"\n\n", start - 1 if start > 1 else 0)
-        if cut < 0:
-            if start + size > self._limit:
-                self._leave_fast(b"", out)
-            return out
-        # Everything before the last LF LF is whole blocks; the rest is an unfinished one.
-        region = pending[:cut]
-        del pending[: cut + 2]
-        self._blocks(region, out)
-        if len(pending) > self._limit and not asm.finished:
-            self._leave_fast(b"", out)
-        return out
-
-    def _feed_windows(self, data: bytes) -> list[ChatChunk]:
-        # A large read, in the shortcut, fed as consecutive reads of one window each: the same
-        # result by construction (the parser is chunking-invariant), with every copy and split
-        # bounded by the window. Stops as soon as the stream finishes: the rest is ignored.
-        out: list[ChatChunk] = []
-        window = self._window
-        feed = self.feed
-        for start in range(0, len(data), window):
-            out += feed(data[start : start + window])
-            if self.assembler.finished:
-                break
-        return out
-
-    def _blocks(self, region: bytearray, out: list[ChatChunk]) -> None:
-        # ``region`` is whole blocks (their final LF LF cut off), starting at a block boundary.
-        # Splitting at LF LF "data: " cuts out the typical block's JSON in one C call: a piece
-        # without LF is exactly one block that is a single "data: " line (a block never
-        # contains LF LF, so the separator cannot fall inside one). The first piece still has
-        # its "data: ". Any piece with an LF in it holds other kinds of blocks and is taken
-        # apart by _irregular.
-        asm = self.assembler
-        pieces = region.split(b"\n\ndata: ")
-        first = pieces[0]
-        small = len(region) <= self._limit - 6  # then no piece can exceed an SSE bound
-        batch: list[bytearray] = []
-        if first[:6] == b"data: " and 10 not in first and small:
-            batch.append(first[6:])
-        elif first:
-            self._irregular(first, out)
-            if asm.finished:
-                return
-        for i in range(1, len(pieces)):
-            piece = pieces[i]
-            if 10 not in piece and small:
-                batch.append(piece)
-                continue
-            if batch:
-                asm._payloads(batch, out)
-                batch = []
-                if asm.finished:
-                    return
-            self._irregular(b"data: " + piece, out)
-            if asm.finished:
-                return
-        if batch:
-            asm._payloads(batch, out)
-
-    def _irregular(self, raw: bytes | bytearray, out: list[ChatChunk]) -> None:
-        # Whole blocks of any kind, in order. A single-line data block still skips the decoder;
-        # blank and single-line comment blocks change nothing and are dropped, as the decoder
-        # would; anything else is handed to the decoder whole.
-        asm = self.assembler
-        limit = self._limit
-        if type(raw) is not bytes:
-            # Split bytes, not a bytearray: the empty pieces of a run of blank lines are then
-            # all the one shared b"" (an 8-byte list slot each) instead of a new bytearray each
-            # (64 bytes with its slot): a window of LFs costs 4 times its size, not 32.
-            raw = bytes(raw)
-        for block in raw.split(b"\n\n"):
-            if not block:
-                continue
-            if 10 not in block and len(block) <= limit:
-                if block[:6] == b"data: ":
-                    asm._payloads((block[6:],), out)
-                elif block[:5] == b"data:":
-                    asm._payloads((block[5:],), out)
-                elif block[:1] == b":":
-                    continue
-                else:
-                    self._prime()
-                    self._to_decoder(block + b"\n\n", out)
-            else:
-                self._prime()
-                self._to_decoder(block + b"\n\n", out)
-            if asm.finished:
-                return
-
-    def end(self) -> list[ChatChunk]:
-        """The body ended: finish the stream (see :meth:`ChatCompletionAssembler.end`).
-
-        An unterminated last block is discarded, as the SSE rules require. Calling it again,
-        or after the stream finished, returns [].
-        """
-        asm = self.assembler
-        out: list[ChatChunk] = []
-        if asm.finished:
-            return out
-        if self._fast and self._pending:
-            # Let the decoder judge the unfinished block: it discards it, or reports a bound.
-            self._leave_fast(b"", out)
-        if not asm.finished:
-            try:
-                events = self.decoder.end()
-            except StreamProtocolError as exc:
-                asm._fail(exc)
-                return out
-            out.extend(asm.feed_events(events))
-        out.extend(asm.end())
-        return out
-
-    # -- internals -------------------------------------------------------------------------------
-
-    def _prime(self) -> None:
-        # The decoder only ever sees input from a block boundary. If it did not see the stream
-        # from its first byte, it must not take a later block's first bytes for the stream's
-        # BOM: a leading blank line (a no-op by the SSE rules) settles its BOM check.
-        if not self._primed:
-            self._primed = True
-            self.decoder.feed(b"\n")
-
-    def _leave_fast(self, data: bytes, out: list[ChatChunk]) -> None:
-        # From here on every byte goes through the decoder, starting at the block boundary
-        # where the pending bytes begin.
-        self._fast = False
-        self._prime()
-        pending = self._pending
-        self._pending = bytearray()
-        if pending:
-            # Handed over a window at a time (no copy of the whole): at most the limit plus a
-            # window is held here while the decoder builds its own bounded state.
-            self._to_decoder(pending, out)
-        if data and not self.assembler.finished:
-            self._to_decoder(data, out)
-
-    def _to_decoder(self, data: bytes | bytearray, out: list[ChatChunk]) -> None:
-        window = self._window
-        if len(data) <= window:
-            self._decode(data, out)
-            return
-        # The decoder bounds its own work per window, but not the events a read yields: feed
-        # it a window at a time and assemble each window's events at once, so neither the
-        # events nor anything after the stream finished are built for the whole read.
-        asm = self.assembler
-        for start in range(0, len(data), window):
-            self._decode(data[start : start + window], out)
-            if asm.finished:
-                return
-
-    def _decode(self, data: bytes | bytearray, out: list[ChatChunk]) -> None:
-        decoder = self.decoder
-        asm = self.assembler
-        try:
-            events = decoder.feed(data)
-        except StreamProtocolError as exc:
-            asm._fail(exc)
-            return
-        deferred: StreamProtocolError | None = None
-        if events:
-            # The decoder returns the events before a bound violation and raises it on the
-            # next call: ask at once, so the error is reported with this read.
-            try:
-                decoder.feed(b"")
-            except StreamProtocolError as exc:
-                deferred = exc
-        out.extend(asm.feed_events(events))
-        if deferred is not None and not asm.finished:
-            asm._fail(deferred)

@@ -72,17 +72,30 @@ Choices where the spec leaves room, or where the event type differs from the bro
 - When a limit is broken in a read that also completed events, ``feed`` returns those events and
   the next call (``feed`` or ``end``) raises: the consumer gets every event that preceded the
   violation, whatever the chunking, then the error.
+
+Errors: two doors to one decoder
+--------------------------------
+
+The core's rule (``_core/__init__.py``) is that a problem in the stream is *state*, not an
+exception: :class:`EventStreamDecoder`, which the core's parser uses, never raises for one; a
+broken limit ends the decoding, ``feed`` returns the events completed before it, and ``error``
+holds the ``StreamProtocolError`` (without a traceback) from that very call on, so the caller
+learns of it with the read that caused it. :class:`SSEDecoder`, the public decoder
+(``trio_llmstream.sse``), is the same decoder with the error raised, as it always was: on the
+call that broke the limit if it completed no events, otherwise on the next call. The two differ
+only where a limit is broken, never on the path every event takes. Misuse is not a stream
+problem and raises in both: bad limits (``ValueError``), ``feed`` after ``end`` (``RuntimeError``).
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import ClassVar, Final
 
 import attrs
 
 from .._exceptions import StreamProtocolError
 
-__all__ = ["SSEDecoder", "ServerSentEvent"]
+__all__ = ["EventStreamDecoder", "SSEDecoder", "ServerSentEvent"]
 
 _BOM = b"\xef\xbb\xbf"
 _SEPARATOR = b"\n\ndata: "
@@ -128,8 +141,8 @@ _set_id = ServerSentEvent.__dict__["id"].__set__
 _set_retry = ServerSentEvent.__dict__["retry"].__set__
 
 
-class SSEDecoder:
-    """Incremental, bounded decoder of a ``text/event-stream`` body.
+class EventStreamDecoder:
+    """Incremental, bounded decoder of a ``text/event-stream`` body; stream problems are state.
 
     Feed it the body's bytes as they arrive, in chunks of any size; each call returns the events
     completed by that chunk. Call :meth:`end` when the body ends: an unterminated final block is
@@ -137,10 +150,18 @@ class SSEDecoder:
     same however the bytes are chunked.
 
     ``max_line_size`` bounds a line (in bytes, without its line ending) and ``max_event_size`` an
-    event's data (in bytes, as dispatched); exceeding either raises
-    :class:`~trio_llmstream.StreamProtocolError`, and every later call raises it again.
+    event's data (in bytes, as dispatched). Exceeding either ends the decoding: the call returns
+    the events completed before the violation, ``error`` is set to the
+    :class:`~trio_llmstream.StreamProtocolError` (without a traceback), and every later ``feed``
+    and ``end`` returns ``[]``. Nothing is raised for anything a server sends; misuse raises
+    (``ValueError`` for limits below 1, ``RuntimeError`` for ``feed`` after ``end``).
+    :class:`SSEDecoder` is the same decoder raising the error instead.
     Synchronous and free of I/O: it never blocks, so it has no cancellation behaviour.
     """
+
+    #: Whether a broken limit is raised (:class:`SSEDecoder`) or only recorded in ``error``.
+    #: Consulted only where a limit is broken, never on the common path.
+    _raises: ClassVar[bool] = False
 
     __slots__ = (
         "_after_cr",
@@ -200,6 +221,14 @@ class SSEDecoder:
         return self._last_id
 
     @property
+    def error(self) -> StreamProtocolError | None:
+        """The broken limit that ended the decoding, or None.
+
+        Set by the call that broke it, even when that call returned the events before it.
+        """
+        return self._error
+
+    @property
     def retry(self) -> int | None:
         """The stream's reconnection time: the last valid ``retry`` value seen (ms), if any.
 
@@ -210,12 +239,15 @@ class SSEDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> list[ServerSentEvent]:
         """Decode the next chunk of the body; return the events it completes, in order.
 
-        Raises ``StreamProtocolError`` when a size limit is exceeded (if the same chunk also
-        completed events, they are returned and the next call raises), and ``RuntimeError``
-        after :meth:`end`.
+        A size limit exceeded sets ``error`` and returns the events before it (see the class
+        docstring); once ``error`` is set, returns ``[]``. Raises ``RuntimeError`` after
+        :meth:`end`.
         """
         if self._special or type(data) is not bytes:
-            data = self._prologue(data)
+            checked = self._prologue(data)
+            if checked is None:
+                return []
+            data = checked
         if 13 in data:  # CR (an int operand makes `in` a bare memchr)
             if len(data) > self._window:
                 # Rewriting line ends copies the read (twice): do it a window at a time.
@@ -230,7 +262,9 @@ class SSEDecoder:
             if len(partial) + len(data) > self._max_line:
                 exc = self._line_too_long()
                 self._poison(exc)
-                raise exc
+                if self._raises:
+                    raise exc
+                return []
             if type(partial) is bytes:
                 partial = self._partial = bytearray(partial)
             partial += data
@@ -245,7 +279,7 @@ class SSEDecoder:
                     self._process(data[start : start + window], events)
         except StreamProtocolError as exc:
             self._poison(exc)
-            if not events:
+            if not events and self._raises:
                 raise
         return events
 
@@ -253,12 +287,14 @@ class SSEDecoder:
         """Mark the end of the body; return the events it completes, which are none.
 
         Per the spec an unterminated final block (even one whose lines are all complete) is
-        discarded, never dispatched. Raises the ``StreamProtocolError`` a previous ``feed``
-        deferred, if any. Calling it twice is harmless.
+        discarded, never dispatched. After a broken limit it returns ``[]`` (``error`` stays
+        set). Calling it twice is harmless.
         """
         if self._error is not None:
-            # Without its old traceback: re-raising would add frames to it on every call.
-            raise self._error.with_traceback(None)
+            if self._raises:
+                # Without its old traceback: re-raising would add frames to it on every call.
+                raise self._error.with_traceback(None)
+            return []
         self._ended = self._special = True
         self._head = None
         self._partial = b""
@@ -273,23 +309,28 @@ class SSEDecoder:
     def _feed_windows(self, data: bytes) -> list[ServerSentEvent]:
         # A large read (already past the prologue) fed as consecutive reads of one window each:
         # the result is the same by construction, and each window's copies stay small. Errors
-        # follow feed's contract: events before the violation are returned, the next call raises.
+        # follow feed's contract: events before the violation are returned (and, if raising,
+        # the next call raises).
         events: list[ServerSentEvent] = []
         window = self._window
         try:
             for start in range(0, len(data), window):
                 events += self.feed(data[start : start + window])
+                if self._error is not None:
+                    break
         except StreamProtocolError:
             if not events:
                 raise
         return events
 
-    def _prologue(self, data: bytes | bytearray | memoryview) -> bytes:
+    def _prologue(self, data: bytes | bytearray | memoryview) -> bytes | None:
         # The rare cases, off the common path: misuse, non-bytes input, the start of the stream
-        # (BOM) and the LF half of a CRLF split across reads.
+        # (BOM) and the LF half of a CRLF split across reads. None: nothing more to do.
         if self._error is not None:
-            # Without its old traceback: re-raising would add frames to it on every call.
-            raise self._error.with_traceback(None)
+            if self._raises:
+                # Without its old traceback: re-raising would add frames to it on every call.
+                raise self._error.with_traceback(None)
+            return None
         if self._ended:
             raise RuntimeError("SSEDecoder.feed() called after end(): the stream is over")
         data = bytes(data)
@@ -309,8 +350,10 @@ class SSEDecoder:
         return data
 
     def _poison(self, exc: StreamProtocolError) -> None:
-        # After a protocol error the decoder is done: keep the error, drop the buffers.
-        self._error = exc
+        # After a protocol error the decoder is done: keep the error, drop the buffers. The
+        # error is kept without the traceback of the frames it passed through (they hold the
+        # read); SSEDecoder, raising it at once, gives it the frames of that raise only.
+        self._error = exc.with_traceback(None)
         self._special = True
         self._partial = b""
         self._data = []
@@ -462,3 +505,25 @@ class SSEDecoder:
 
     def _line_too_long(self) -> StreamProtocolError:
         return StreamProtocolError(f"SSE line exceeds max_line_size ({self._max_line} bytes)")
+
+
+class SSEDecoder(EventStreamDecoder):
+    """Incremental, bounded decoder of a ``text/event-stream`` body (``trio_llmstream.sse``).
+
+    Feed it the body's bytes as they arrive, in chunks of any size; each call returns the events
+    completed by that chunk. Call :meth:`end` when the body ends: an unterminated final block is
+    discarded, as the spec requires, and the decoder refuses further input. The events are the
+    same however the bytes are chunked.
+
+    ``max_line_size`` bounds a line (in bytes, without its line ending) and ``max_event_size`` an
+    event's data (in bytes, as dispatched); exceeding either raises
+    :class:`~trio_llmstream.StreamProtocolError` (if the same chunk also completed events, they
+    are returned and the next call raises), and every later call raises it again; ``error``
+    holds it from the call that broke the limit on. This is :class:`EventStreamDecoder` with
+    the error raised rather than only recorded: the same events, the same bounds.
+    Synchronous and free of I/O: it never blocks, so it has no cancellation behaviour.
+    """
+
+    _raises: ClassVar[bool] = True
+
+    __slots__ = ()
