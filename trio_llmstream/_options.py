@@ -56,8 +56,9 @@ class Timeouts:
     the excess in its listen backlog, and the client's kernel retransmits the SYN after 1, 3,
     7, 15 and 31 s. With 10 s (livekit's value) about a fifth of 10,000 concurrent streams on
     one small machine failed to connect to a healthy loopback server; 60 s lets a busy server
-    accept them, and a dead one fails within a minute. These defaults are for safety, not for latency: an interactive
-    application that would rather retry than wait sets tight limits, for instance for a
+    accept them, and a dead one fails within a minute. These defaults are for safety, not
+    for latency: an interactive application that would rather retry than wait sets tight
+    limits, for instance for a
     voice agent (fail over quickly, give each retry twice the patience)::
 
         APIConnectOptions(
