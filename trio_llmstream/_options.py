@@ -58,8 +58,8 @@ class Timeouts:
     one small machine failed to connect to a healthy loopback server; 60 s lets a busy server
     accept them, and a dead one fails within a minute. These defaults are for safety, not
     for latency: an interactive application that would rather retry than wait sets tight
-    limits, for instance for a
-    voice agent (fail over quickly, give each retry twice the patience)::
+    limits, for instance for a voice agent (fail over quickly, give each retry twice the
+    patience)::
 
         APIConnectOptions(
             max_retry=3,
