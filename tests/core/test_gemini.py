@@ -317,9 +317,10 @@ def test_all_candidates_must_finish() -> None:
 def test_error_after_text_framed_or_as_a_raw_json_tail(
     framed: bool, code: int, status: str, retryable: bool
 ) -> None:
-    steps = (*gemini_text_stream("Hello wor", finish_reason=None), gemini_error_event(
-        code, "Boom.", status, framed=framed
-    ))
+    steps = (
+        *gemini_text_stream("Hello wor", finish_reason=None),
+        gemini_error_event(code, "Boom.", status, framed=framed),
+    )
     out = parse(body(steps))
     assert out.text == "Hello wor"
     assert out.error is ProviderError
@@ -519,6 +520,37 @@ def test_any_bytes_end_with_nothing_or_one_typed_error_whatever_the_chunking(
     assert whole.error is None or issubclass(whole.error, LLMStreamError)
     assert parse(data, reads) == whole
     assert parse(data, [1]) == whole
+    # The shortcut and the general path (decoder + unframed watch) agree on anything.
+    assert parse(data, reads, shortcut=False) == whole
+
+
+_REGULAR = [
+    b"data: " + msgspec.json.encode(gemini_frame([{"text": "h\u00e9"}])),
+    b"data: " + msgspec.json.encode(gemini_frame([{"text": "x"}], finish_reason="STOP")),
+    b'data: {"error": {"code": 503, "status": "UNAVAILABLE"}}',
+    b"data: {",
+    b'{"error": {"code": 500}}',
+    b": keep",
+    b"event: x",
+    b"",
+]
+
+
+@given(
+    blocks=st.lists(st.sampled_from(_REGULAR), max_size=12),
+    endings=st.lists(st.sampled_from([b"\r\n\r\n", b"\n\n", b"\r\n", b"\n", b"\r\r"]), min_size=1),
+    reads=st.lists(st.integers(1, 200), min_size=1, max_size=8),
+)
+def test_the_shortcut_agrees_with_the_general_path(
+    blocks: list[bytes], endings: list[bytes], reads: list[int]
+) -> None:
+    # Mostly regular bodies (where the shortcut runs) with irregular blocks mixed in (where it
+    # hands over to the general path mid-stream).
+    data = b"".join(block + endings[i % len(endings)] for i, block in enumerate(blocks))
+    general = parse(data, shortcut=False)
+    assert parse(data) == general
+    assert parse(data, reads) == general
+    assert parse(data, reads, shortcut=False) == general
 
 
 # -- UnframedText on its own ----------------------------------------------------------------------

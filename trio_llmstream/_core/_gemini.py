@@ -77,12 +77,13 @@ from .._models import (
     ChatChunk,
     ChatRole,
     Choice,
+    ChoiceDelta,
     CompletionUsage,
     FunctionCall,
     ProviderItem,
     UsageSource,
 )
-from ._build import make_choice, make_chunk, make_delta
+from ._build import FillChoice, FillChunk, FillDelta, make_choice, make_chunk, make_delta
 from ._openai import (
     _JSON_ERRORS,
     DEFAULT_MAX_CHOICES,
@@ -285,12 +286,17 @@ class UnframedText:
     The SSE rules ignore a line whose field name is unknown, so raw JSON after the frames (an
     error object a server writes without ``data:``) would vanish without trace. This watches the
     same bytes the decoder gets, line by line with the SSE line endings (CR, LF, CRLF, also
-    split across reads), and keeps every complete line that is not blank, not a comment and not
-    a ``data``/``event``/``id``/``retry`` field, up to ``limit`` bytes in all (``overflowed``
-    says more came). The result is the same however the body is cut into reads.
+    split across reads, and a BOM at the very start), and keeps every line that is not blank,
+    not a comment and not a ``data``/``event``/``id``/``retry`` field, up to ``limit`` bytes in
+    all (``overflowed`` says more came). The result is the same however the body is cut.
+
+    Speed: it runs on every read, so the usual read (LF or CRLF lines, all ``data:``, blank
+    or comments) is judged in one split and a few tests per line, without normalising line
+    endings or copying lines; only a read with something else in it (a lone CR, another
+    field, unframed text) is normalised and classified line by line.
     """
 
-    __slots__ = ("_after_cr", "_partial", "_started", "kept", "limit", "overflowed", "size")
+    __slots__ = ("_after_cr", "_head", "_partial", "kept", "limit", "overflowed", "size")
 
     def __init__(self, limit: int = MAX_UNFRAMED_BYTES) -> None:
         self.limit = limit
@@ -299,49 +305,65 @@ class UnframedText:
         self.overflowed = False
         self._partial = b""
         self._after_cr = False
-        self._started = False
+        # The first bytes of the body, until there are enough to tell a BOM (None after).
+        self._head: bytes | None = b""
 
     def feed(self, data: bytes) -> None:
+        if self._head is not None:
+            data = self._head + data
+            if len(data) < 3 and _BOM.startswith(data):
+                self._head = data
+                return
+            self._head = None
+            if data.startswith(_BOM):
+                data = data[3:]
         if self._after_cr:
             self._after_cr = False
             if data[:1] == b"\n":
                 data = data[1:]  # the LF of a CRLF cut between two reads
         if not data:
             return
-        if data[-1] == 13:
-            self._after_cr = True
-        if 13 in data:
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = data.split(b"\n")
-        rest = lines.pop()
-        if lines:
-            if self._partial:
-                lines[0] = self._partial + lines[0]
-                self._partial = b""
-            for line in lines:
-                if line:
-                    self._line(line)
-        if rest:
-            # An unfinished line: its start is all that classifies it, and the kept text is
-            # bounded anyway, so a line longer than the limit is cut (and then overflows).
-            room = self.limit + 8 - len(self._partial)
-            if room > 0:
-                self._partial += rest[:room]
+        last = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        if last < 0:
+            self._grow(data)
+            return
+        complete = data[: last + 1]
+        self._after_cr = last == len(data) - 1 and data[last] == 13
+        if self._partial:
+            complete = self._partial + complete
+            self._partial = b""
+        self._grow(data[last + 1 :])
+        if not _only_framing(complete):
+            self._lines(complete)
 
     def end(self) -> bytes:
         """The kept text, lines joined with LF; an unterminated last line counts too."""
+        if self._head:
+            head, self._head = self._head, None
+            self._grow(head)
+        self._head = None
         if self._partial:
             self._line(self._partial)
             self._partial = b""
         return b"\n".join(self.kept)
 
+    def _grow(self, rest: bytes) -> None:
+        # An unfinished line: its start is all that classifies it, and the kept text is
+        # bounded anyway, so a line longer than the limit is cut (and then overflows).
+        if rest:
+            room = self.limit + 8 - len(self._partial)
+            if room > 0:
+                self._partial += rest[:room]
+
+    def _lines(self, text: bytes) -> None:
+        # ``text`` ends with a line ending: every line in it is complete.
+        if 13 in text:
+            text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        for line in text.split(b"\n"):
+            if line:
+                self._line(line)
+
     def _line(self, line: bytes) -> None:
-        if not self._started:
-            self._started = True
-            if line.startswith(_BOM):
-                line = line[3:]
-                if not line:
-                    return
         first = line[0]
         if first == 58:  # ":", a comment
             return
@@ -354,6 +376,23 @@ class UnframedText:
             self.overflowed = True
             return
         self.kept.append(line)
+
+
+def _only_framing(text: bytes) -> bool:
+    """True if every line of ``text`` (which ends with a line ending) is blank, a comment or a
+    ``data:`` field; False means "look line by line" (it may still be)."""
+    # Event-stream lines are long (a frame is one line): splitting at LF and testing each
+    # line's start is one C pass and a few tests per line. A CR anywhere but at the end of a
+    # piece is a lone CR, which ends a line too: then the careful path decides.
+    for line in text.split(b"\n"):
+        if line:
+            cr = line.find(b"\r")
+            if cr >= 0 and cr != len(line) - 1:
+                return False
+            first = line[0]
+            if first != 13 and first != 58 and line[:5] != b"data:":
+                return False
+    return True
 
 
 # -- assembly -------------------------------------------------------------------------------------
@@ -484,13 +523,19 @@ class GeminiAssembler:
 
     # -- frames -----------------------------------------------------------------------------------
 
-    def _frame(self, data: str, out: list[ChatChunk]) -> None:
+    def _frame(self, data: str | bytes, out: list[ChatChunk]) -> None:
+        # ``data`` is an event's text, or its bytes from the parser's shortcut.
         try:
             wire = _decode_frame(data)
-        except msgspec.ValidationError as exc:
-            self._odd(data, exc, out)
-            return
         except _JSON_ERRORS as exc:
+            if type(data) is bytes:
+                # Judged as the decoder would have decoded it (invalid UTF-8 replaced).
+                self._frame(data.decode("utf-8", "replace"), out)
+                return
+            assert isinstance(data, str)
+            if isinstance(exc, msgspec.ValidationError):
+                self._odd(data, exc, out)
+                return
             if not data.strip():
                 return  # an empty data field carries nothing
             self._fail_partial(self._malformed(data, exc), out)
@@ -508,6 +553,49 @@ class GeminiAssembler:
             rid = self._rid
         if wire.usage_metadata is not None:
             self._usage_wire = wire.usage_metadata
+        cands = wire.candidates
+        if cands is not None and len(cands) == 1:
+            # The fast path, inlined: almost every frame of a stream is one candidate already
+            # seen, not finishing, with one plain text (or thought) part.
+            wc = cands[0]
+            state = self._cands.get(wc.index or 0)
+            body = wc.content
+            if state is not None and wc.finish_reason is None and body is not None:
+                parts = body.parts
+                if parts is not None and len(parts) == 1:
+                    part = parts[0]
+                    text = part.text
+                    if (
+                        text is not None
+                        and part.function_call is None
+                        and part.thought_signature is None
+                    ):
+                        state.parts += 1
+                        if text:
+                            d = FillDelta()
+                            d.role = None
+                            if part.thought:
+                                d.content = None
+                                d.reasoning = text
+                            else:
+                                d.content = text
+                                d.reasoning = None
+                            d.tool_calls = []
+                            d.provider_items = ()
+                            d.__class__ = ChoiceDelta
+                            c = FillChoice()
+                            c.delta = d
+                            c.index = state.index
+                            c.finish_reason = None
+                            c.native_finish_reason = None
+                            c.__class__ = Choice
+                            k = FillChunk()
+                            k.request_id = rid
+                            k.choices = [c]
+                            k.usage = None
+                            k.__class__ = ChatChunk
+                            out.append(k)
+                        return
         try:
             self._candidates(wire, rid, out)
         except APIError as exc:
@@ -746,9 +834,31 @@ class GeminiStreamParser:
     stream (read ``error`` and ``finished``); the output is the same however the body is cut.
     A read larger than a window is processed a window at a time, so a huge read costs bounded
     extra memory. Synchronous and free of I/O: no cancellation behaviour.
+
+    The shortcut. Gemini's bodies are perfectly regular: every block is one ``data: <json>``
+    line and a blank line, all with CRLF (Google's servers) or all with LF. While that holds,
+    the parser keeps the bytes after the last block boundary and cuts the whole blocks before it
+    with one ``split`` on the stream's separator (``\\r\\n\\r\\n`` or ``\\n\\n``, chosen by
+    the first line ending); each piece that is ``data: `` plus a line without CR or LF is a
+    frame, decoded by msgspec straight from the bytes: no event objects, no strings, no line
+    work, and no unframed text to watch (every line is a data line). The first piece that is
+    anything else (another field, a comment, a stray line ending, unframed text), a possible
+    BOM at the start, or an unfinished block beyond the SSE bounds hands everything from that
+    block boundary on to the general path (decoder + :class:`UnframedText`) for good, where the
+    state is exactly what it would have been had the general path seen everything. The tests
+    check that both paths give the same result on arbitrary input under any chunking.
     """
 
-    __slots__ = ("assembler", "events", "unframed")
+    __slots__ = (
+        "_fast",
+        "_limit",
+        "_pending",
+        "_separator",
+        "_started",
+        "assembler",
+        "events",
+        "unframed",
+    )
 
     def __init__(
         self,
@@ -759,6 +869,7 @@ class GeminiStreamParser:
         max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
         max_choices: int = DEFAULT_MAX_CHOICES,
         max_unframed_bytes: int = MAX_UNFRAMED_BYTES,
+        shortcut: bool = True,
     ) -> None:
         self.assembler = GeminiAssembler(
             max_tool_argument_bytes=max_tool_argument_bytes,
@@ -769,6 +880,12 @@ class GeminiStreamParser:
             self.assembler, max_line_size=max_line_size, max_event_size=max_event_size
         )
         self.unframed = UnframedText(max_unframed_bytes)
+        self._fast = shortcut
+        self._started = False
+        self._separator = b""  # the block separator, once the first line ending is seen
+        self._pending = b""  # shortcut: the bytes after the last block boundary
+        # A piece at most this long is within both SSE bounds.
+        self._limit = min(max_line_size, max_event_size)
 
     @property
     def finished(self) -> bool:
@@ -799,15 +916,15 @@ class GeminiStreamParser:
         asm = self.assembler
         if asm.finished or not data:
             return []
-        if len(data) <= WINDOW:
-            self.unframed.feed(data)
-            return self.events.feed(data)
+        if type(data) is not bytes:
+            data = bytes(data)
         out: list[ChatChunk] = []
+        if len(data) <= WINDOW:
+            self._feed(data, out)
+            return out
         view = memoryview(data)
         for start in range(0, len(data), WINDOW):
-            window = bytes(view[start : start + WINDOW])
-            self.unframed.feed(window)
-            out += self.events.feed(window)
+            self._feed(bytes(view[start : start + WINDOW]), out)
             if asm.finished:
                 break
         return out
@@ -817,6 +934,91 @@ class GeminiStreamParser:
         asm = self.assembler
         if asm.finished:
             return []
+        out: list[ChatChunk] = []
+        if self._fast:
+            self._leave_fast(b"", out)
+            if asm.finished:
+                return out
         asm.unframed_tail = self.unframed.end()
         asm.unframed_overflowed = self.unframed.overflowed
-        return self.events.end()
+        out += self.events.end()
+        return out
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _feed(self, data: bytes, out: list[ChatChunk]) -> None:
+        if not self._fast:
+            self._general(data, out)
+            return
+        if not self._started:
+            self._started = True
+            if data[0] == 0xEF:
+                self._leave_fast(data, out, at_start=True)  # perhaps a BOM: the decoder's
+                return
+        separator = self._separator
+        pending = self._pending + data if self._pending else data
+        if not separator:
+            lf = pending.find(b"\n")
+            if lf < 0:
+                self._pending = pending
+                if len(pending) > self._limit:
+                    self._leave_fast(b"", out)
+                return
+            separator = self._separator = b"\r\n\r\n" if pending[lf - 1 : lf] == b"\r" else b"\n\n"
+        # Only the new bytes can complete a separator (one may straddle the two reads).
+        start = len(pending) - len(data) - len(separator) + 1
+        cut = pending.rfind(separator, start if start > 0 else 0)
+        if cut < 0:
+            self._pending = pending
+            if len(pending) > self._limit:
+                self._leave_fast(b"", out)
+            return
+        rest = pending[cut + len(separator) :]
+        pieces = pending[:cut].split(separator)
+        asm = self.assembler
+        limit = self._limit
+        for i, piece in enumerate(pieces):
+            if (
+                piece[:6] == b"data: "
+                and 13 not in piece
+                and 10 not in piece
+                and len(piece) <= limit
+            ):
+                asm.progress += 1
+                asm._frame(piece[6:], out)
+                if asm.finished:
+                    self._pending = b""
+                    return
+                continue
+            # Anything else: the general path from this block boundary on, for good.
+            self._pending = separator.join(pieces[i:]) + separator + rest
+            self._leave_fast(b"", out)
+            return
+        self._pending = rest
+        if len(rest) > limit:
+            self._leave_fast(b"", out)
+
+    def _leave_fast(self, data: bytes, out: list[ChatChunk], *, at_start: bool = False) -> None:
+        self._fast = False
+        if not at_start:
+            # The general path starts at a block boundary, not at the stream's start: a
+            # leading blank line (a no-op by the SSE rules) settles the decoder's BOM check,
+            # and the unframed watch has no BOM to look for either.
+            self.events.decoder.feed(b"\n")
+            self.unframed._head = None
+        pending, self._pending = self._pending, b""
+        if pending:
+            self._general(pending, out)
+        if data and not self.assembler.finished:
+            self._general(data, out)
+
+    def _general(self, data: bytes, out: list[ChatChunk]) -> None:
+        if len(data) > WINDOW:
+            view = memoryview(data)
+            for start in range(0, len(data), WINDOW):
+                self._general(bytes(view[start : start + WINDOW]), out)
+                if self.assembler.finished:
+                    return
+            return
+        self.unframed.feed(data)
+        out += self.events.feed(data)
