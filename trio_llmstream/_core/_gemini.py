@@ -165,8 +165,8 @@ class _WirePart(msgspec.Struct, gc=False, rename="camel"):
 
 
 class _WireContent(msgspec.Struct, gc=False):
+    # "role" (always "model") is not decoded: one string less per frame.
     parts: list[_WirePart] | None = None
-    role: str | None = None
 
 
 class _WireCandidate(msgspec.Struct, gc=False, rename="camel"):
