@@ -540,6 +540,84 @@ class GeminiAssembler:
                 return  # an empty data field carries nothing
             self._fail_partial(self._malformed(data, exc), out)
             return
+        self._wire(wire, out)
+
+    def _frames(self, payloads: list[bytes], out: list[ChatChunk]) -> None:
+        # The frames of the parser's shortcut, as bytes: the common frame (one candidate
+        # already seen, not finishing, one plain text or thought part, the stream's response
+        # id) is handled inline with everything it needs in locals; any other goes the general
+        # way. Runs once per token: every attribute lookup saved here shows in the benchmark.
+        decode = _decode_frame
+        find = self._cands.get
+        append = out.append
+        shared_rid = self._rid
+        for payload in payloads:
+            self.progress += 1
+            try:
+                wire = decode(payload)
+            except _JSON_ERRORS:
+                self._frame(payload, out)
+                if self.finished:
+                    return
+                shared_rid = self._rid
+                continue
+            cands = wire.candidates
+            rid = wire.response_id
+            if (
+                cands is not None
+                and len(cands) == 1
+                and wire.error is None
+                and (rid is None or rid == shared_rid)
+                and shared_rid
+            ):
+                wc = cands[0]
+                state = find(wc.index or 0)
+                body = wc.content
+                if state is not None and wc.finish_reason is None and body is not None:
+                    parts = body.parts
+                    if parts is not None and len(parts) == 1:
+                        part = parts[0]
+                        text = part.text
+                        if (
+                            text is not None
+                            and part.function_call is None
+                            and part.thought_signature is None
+                        ):
+                            usage = wire.usage_metadata
+                            if usage is not None:
+                                self._usage_wire = usage
+                            state.parts += 1
+                            if text:
+                                d = FillDelta()
+                                d.role = None
+                                if part.thought:
+                                    d.content = None
+                                    d.reasoning = text
+                                else:
+                                    d.content = text
+                                    d.reasoning = None
+                                d.tool_calls = []
+                                d.provider_items = ()
+                                d.__class__ = ChoiceDelta
+                                c = FillChoice()
+                                c.delta = d
+                                c.index = state.index
+                                c.finish_reason = None
+                                c.native_finish_reason = None
+                                c.__class__ = Choice
+                                k = FillChunk()
+                                k.request_id = shared_rid
+                                k.choices = [c]
+                                k.usage = None
+                                k.__class__ = ChatChunk
+                                append(k)
+                            continue
+            self._wire(wire, out)
+            if self.finished:
+                return
+            shared_rid = self._rid
+
+    def _wire(self, wire: _WireFrame, out: list[ChatChunk]) -> None:
         if wire.error is not None:
             self._fail_partial(gemini_error(wire.error, request_id=self.request_id), out)
             return
@@ -977,6 +1055,7 @@ class GeminiStreamParser:
         pieces = pending[:cut].split(separator)
         asm = self.assembler
         limit = self._limit
+        batch: list[bytes] = []
         for i, piece in enumerate(pieces):
             if (
                 piece[:6] == b"data: "
@@ -984,16 +1063,22 @@ class GeminiStreamParser:
                 and 10 not in piece
                 and len(piece) <= limit
             ):
-                asm.progress += 1
-                asm._frame(piece[6:], out)
+                batch.append(piece[6:])
+                continue
+            if batch:
+                asm._frames(batch, out)
                 if asm.finished:
                     self._pending = b""
                     return
-                continue
             # Anything else: the general path from this block boundary on, for good.
             self._pending = separator.join(pieces[i:]) + separator + rest
             self._leave_fast(b"", out)
             return
+        if batch:
+            asm._frames(batch, out)
+            if asm.finished:
+                self._pending = b""
+                return
         self._pending = rest
         if len(rest) > limit:
             self._leave_fast(b"", out)
