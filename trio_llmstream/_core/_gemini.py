@@ -562,8 +562,8 @@ class GeminiAssembler:
     def _frames(self, payloads: list[str | bytes], out: list[ChatChunk]) -> None:
         # Frames, as events' text or as bytes from the parser's shortcut. The common frame (one
         # candidate already seen, not finishing, one plain text or thought part, the stream's
-        # response id) is handled inline with everything it needs in locals; any other goes the general
-        # way. Runs once per token: every attribute lookup saved here shows in the benchmark.
+        # response id) is handled inline with everything it needs in locals; any other goes
+        # the general way. Runs once per token: every lookup saved here shows in the benchmark.
         decode = _decode_frame
         find = self._cands.get
         append = out.append
