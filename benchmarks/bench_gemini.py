@@ -12,6 +12,8 @@ Timed in the same run, best of several rounds each:
 - ours: ``GeminiStreamParser.feed`` on each read, then ``end()``: the public ``ChatChunk``
   objects (the shared SSE decoder, the unframed-text watch, msgspec decoding into typed
   structs, assembly, object building, usage on the finishing chunk);
+- ours, general path: the same parser with its byte-level shortcut off (the shared SSE
+  decoder, events, the unframed-text watch): what irregular bodies cost;
 - floor (msgspec): split the body on blank lines, ``msgspec.json.decode`` each payload
   (untyped), append the text of its parts. No SSE rules, no validation, no objects;
 - floor (orjson): the same with ``orjson.loads``.
@@ -84,8 +86,8 @@ def cut(body: bytes, size: int) -> list[bytes]:
     return [body[i : i + size] for i in range(0, len(body), size)]
 
 
-def run_ours(reads: list[bytes]) -> list[ChatChunk]:
-    parser = GeminiStreamParser()
+def run_ours(reads: list[bytes], *, shortcut: bool = True) -> list[ChatChunk]:
+    parser = GeminiStreamParser(shortcut=shortcut)
     chunks: list[ChatChunk] = []
     for data in reads:
         chunks += parser.feed(data)
@@ -93,6 +95,10 @@ def run_ours(reads: list[bytes]) -> list[ChatChunk]:
     if parser.error is not None:
         raise SystemExit(f"the parser failed: {parser.error!r}")
     return chunks
+
+
+def run_general(reads: list[bytes]) -> list[ChatChunk]:
+    return run_ours(reads, shortcut=False)
 
 
 def _floor(loads: Callable[[bytes], object]) -> Callable[[list[bytes]], str]:
@@ -146,6 +152,7 @@ def main() -> None:
     )
     pipelines: dict[str, Callable[[list[bytes]], object]] = {
         "ours (GeminiStreamParser)": run_ours,
+        "ours, general path (no shortcut)": run_general,
         "floor (split + msgspec + text)": _floor(msgspec.json.decode),
         "floor (split + orjson + text)": _floor(orjson.loads),
     }
