@@ -82,6 +82,7 @@ from ._tools._loop import open_tool_loop as open_tool_loop
 from ._tools._schema import Param as Param
 from ._tools._validate import ToolArgumentError as ToolArgumentError
 from ._tools._validate import validate_arguments as validate_arguments
+from .providers.gemini import GeminiLLM as GeminiLLM
 from .providers.openai import OpenAILLM as OpenAILLM
 
 __version__ = "0.1.0"
@@ -108,6 +109,7 @@ __all__ = [
     "DEFAULT_API_CONNECT_OPTIONS",
     "FunctionCall",
     "FunctionTool",
+    "GeminiLLM",
     "LLM",
     "LLMCapabilities",
     "LLMMetrics",

@@ -7,6 +7,14 @@
   responses and faults over real HTTP, with builders for realistic chunk streams.
 """
 
+from ._gemini import DEFAULT_GEMINI_MODEL as DEFAULT_GEMINI_MODEL
+from ._gemini import DEFAULT_GEMINI_RESPONSE_ID as DEFAULT_GEMINI_RESPONSE_ID
+from ._gemini import gemini_blocked_stream as gemini_blocked_stream
+from ._gemini import gemini_error_event as gemini_error_event
+from ._gemini import gemini_frame as gemini_frame
+from ._gemini import gemini_text_stream as gemini_text_stream
+from ._gemini import gemini_tool_call_stream as gemini_tool_call_stream
+from ._gemini import gemini_usage as gemini_usage
 from ._script import DEFAULT_COMPLETION_ID as DEFAULT_COMPLETION_ID
 from ._script import DEFAULT_CREATED as DEFAULT_CREATED
 from ._script import DEFAULT_MODEL as DEFAULT_MODEL
@@ -47,6 +55,8 @@ __all__ = [
     "ChunkEvent",
     "DEFAULT_COMPLETION_ID",
     "DEFAULT_CREATED",
+    "DEFAULT_GEMINI_MODEL",
+    "DEFAULT_GEMINI_RESPONSE_ID",
     "DEFAULT_MODEL",
     "Delay",
     "DoneEvent",
@@ -71,6 +81,12 @@ __all__ = [
     "StreamStep",
     "chat_chunk",
     "error_response",
+    "gemini_blocked_stream",
+    "gemini_error_event",
+    "gemini_frame",
+    "gemini_text_stream",
+    "gemini_tool_call_stream",
+    "gemini_usage",
     "inject_fault",
     "json_response",
     "open_mock_server",
