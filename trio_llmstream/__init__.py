@@ -82,6 +82,7 @@ from ._tools._loop import open_tool_loop as open_tool_loop
 from ._tools._schema import Param as Param
 from ._tools._validate import ToolArgumentError as ToolArgumentError
 from ._tools._validate import validate_arguments as validate_arguments
+from .providers.anthropic import AnthropicLLM as AnthropicLLM
 from .providers.openai import OpenAILLM as OpenAILLM
 
 __version__ = "0.1.0"
@@ -92,6 +93,7 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "AnthropicLLM",
     "AttemptInfo",
     "AttemptMetrics",
     "ChatChunk",

@@ -338,7 +338,8 @@ class AnthropicAssembler:
             self._message_start(wire, out)
         elif kind == "message_stop":
             self._message_stop(out)
-        elif kind == "error":
+        elif kind == "error" or (kind is None and wire.error is not None):
+            # An error report, also from a proxy that left out the type.
             self._fail(self._provider_error(wire.error), out)
         # "ping" and unknown event types carry nothing for us.
 
