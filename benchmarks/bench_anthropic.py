@@ -9,8 +9,10 @@ block of 10,000 ``text_delta`` events (about 160 bytes each: an ``event:`` line 
 4 KiB reads (a typical socket read) and 64-byte reads. Timed in the same run, best of several
 interleaved rounds:
 
-- ours: ``EventStreamParser(AnthropicAssembler()).feed`` on each read, then ``end()``: SSE
-  framing by the shared decoder, typed msgspec decoding, assembly, public ``ChatChunk``s;
+- ours: ``AnthropicParser().feed`` on each read, then ``end()`` (what ``AnthropicLLM`` runs):
+  SSE framing (its shortcut for Anthropic's two-line blocks), typed msgspec decoding,
+  assembly, public ``ChatChunk``s;
+- ours through the shared ``EventStreamParser`` (the same result, for comparison);
 - floor: split the body on blank lines, decode each block's ``data:`` JSON with orjson or
   msgspec (the faster one is the floor), append the text. No SSE rules, no validation, no
   objects;
@@ -40,7 +42,7 @@ import msgspec
 import orjson
 
 from trio_llmstream import ChatChunk
-from trio_llmstream._core._anthropic import AnthropicAssembler
+from trio_llmstream._core._anthropic import AnthropicAssembler, AnthropicParser
 from trio_llmstream._core._parser import EventStreamParser
 
 N_CHUNKS = 10_000
@@ -108,6 +110,20 @@ def cut(body: bytes, size: int) -> list[bytes]:
 
 
 def run_ours(reads: list[bytes]) -> list[ChatChunk]:
+    parser = AnthropicParser()
+    chunks: list[ChatChunk] = []
+    for data in reads:
+        chunks += parser.feed(data)
+        if parser.finished:
+            break
+    chunks += parser.end()
+    if parser.error is not None:
+        raise SystemExit(f"the parser failed: {parser.error!r}")
+    return chunks
+
+
+def run_shared(reads: list[bytes]) -> list[ChatChunk]:
+    # The same assembler behind the shared EventStreamParser (no Anthropic framing shortcut).
     parser = EventStreamParser(AnthropicAssembler())
     chunks: list[ChatChunk] = []
     for data in reads:
@@ -213,7 +229,8 @@ def main() -> None:
         f"{len(body) / 1e6:.2f} MB; best of several rounds; Python {sys.version.split()[0]}"
     )
     pipelines: dict[str, Callable[[list[bytes]], object]] = {
-        "ours (EventStreamParser)": run_ours,
+        "ours (AnthropicParser)": run_ours,
+        "ours, shared EventStreamParser": run_shared,
         "floor: split + orjson": _floor(orjson.loads),
         "floor: split + msgspec": _floor(msgspec.json.decode),
     }
@@ -238,7 +255,7 @@ def main() -> None:
             print(
                 f"{size:>9}  {name:<30} {us:>9.2f} {n / seconds:>12,.0f} {seconds / floor:>7.2f}x"
             )
-        ours = results["ours (EventStreamParser)"]
+        ours = results["ours (AnthropicParser)"]
         line = f"{'':>9}  ours / floor = {ours / floor:.2f}"
         sdk = [v for k, v in results.items() if k.startswith("SDK")]
         if sdk:

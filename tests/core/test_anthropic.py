@@ -26,7 +26,7 @@ from trio_llmstream import (
     StreamProtocolError,
     StreamTruncatedError,
 )
-from trio_llmstream._core._anthropic import AnthropicAssembler, finish_reason
+from trio_llmstream._core._anthropic import AnthropicAssembler, AnthropicParser, finish_reason
 from trio_llmstream._core._parser import EventStreamParser
 from trio_llmstream.testing import RawBytes, sse_response
 from trio_llmstream.testing._anthropic import (
@@ -79,8 +79,13 @@ def body_of(steps: list[StreamStep]) -> bytes:
     return sse_response(steps).body_bytes()
 
 
-def run(body: bytes, reads: list[int] | None = None, **bounds: int) -> Outcome:
-    parser = EventStreamParser(AnthropicAssembler(**bounds))
+def run(
+    body: bytes, reads: list[int] | None = None, *, shared: bool = False, **bounds: int
+) -> Outcome:
+    # The provider's parser (with its framing shortcut), or the shared EventStreamParser.
+    parser: AnthropicParser | EventStreamParser = (
+        EventStreamParser(AnthropicAssembler(**bounds)) if shared else AnthropicParser(**bounds)
+    )
     chunks: list[ChatChunk] = []
     pos = 0
     for size in reads or []:
@@ -461,11 +466,14 @@ def test_bounds() -> None:
 
 
 def test_sse_bound_is_reported_after_earlier_chunks() -> None:
-    parser = EventStreamParser(AnthropicAssembler(), max_line_size=400, max_event_size=400)
     body = body_of(anthropic_text_stream("hello", parts=1, stop=False)[:5])
-    chunks = parser.feed(body + b"data: " + b"x" * 500 + b"\n\n")
-    assert "".join(k.text for k in chunks) == "hello"
-    assert isinstance(parser.error, StreamProtocolError)
+    for parser in (
+        EventStreamParser(AnthropicAssembler(), max_line_size=400, max_event_size=400),
+        AnthropicParser(max_line_size=400, max_event_size=400),
+    ):
+        chunks = parser.feed(body + b"data: " + b"x" * 500 + b"\n\n")
+        assert "".join(k.text for k in chunks) == "hello"
+        assert isinstance(parser.error, StreamProtocolError)
 
 
 def test_unclosed_blocks_are_flushed_at_message_stop() -> None:
@@ -489,6 +497,8 @@ def _crlf(body: bytes) -> bytes:
 def test_transcripts_under_whole_byte_by_byte_and_crlf(name: str) -> None:
     body = body_of(TRANSCRIPTS[name])
     whole = run(body)
+    assert run(body, shared=True) == whole
+    assert run(body, [1] * len(body), shared=True) == whole
     assert byte_by_byte(body) == whole
     assert run(_crlf(body)) == whole
     assert byte_by_byte(_crlf(body)) == whole
@@ -562,14 +572,76 @@ def test_any_bytes_end_with_nothing_or_one_typed_error(
     out = run(body, reads)
     if out.error is not None:
         assert issubclass(out.error, LLMStreamError)
-    # Same outcome under a different chunking.
+    # Same outcome under a different chunking, and from the shared parser.
     assert run(body) == out
+    assert run(body, reads, shared=True) == out
 
 
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes(body: bytes) -> None:
     out = run(body)
     assert out.error is None or issubclass(out.error, LLMStreamError)
+    assert run(body, shared=True) == out
+
+
+_BLOCKS = st.sampled_from(
+    [
+        *(body_of([step]) for step in anthropic_text_stream("hé", thinking="t", parts=2)),
+        *(body_of([step]) for step in anthropic_tool_call_stream([("i", "f", {"a": 1})])),
+        body_of([AnthropicErrorEvent()]),
+        b": keep-alive\n\n",
+        b"\n",
+        b"\r\n",
+        b"\xef\xbb\xbf",
+        b"event: \ndata: {}\n\n",
+        b"data:\n\n",
+        b"data: \n\n",
+        b"event: error\ndata: \xff\n\n",
+        b'data: {"type":"content_block_delta","delta":{"type":"text_delta","text":"\xc3"}}\n\n',
+        b"id: 1\nevent: ping\ndata: {}\n\n",
+        b"event: ping\ndata: {}\ndata: {}\n\n",
+        b"retry: 5\n\n",
+        b"data: \xc2\xa0\n\n",
+        b"data:  \t \n\n",
+        b"event: error\ndata: \n\n",
+    ]
+)
+
+
+@given(
+    blocks=st.lists(st.one_of(_BLOCKS, st.binary(max_size=6)), max_size=30),
+    reads=st.lists(st.integers(1, 50), max_size=30),
+    limits=st.sampled_from([(1 << 20, 1 << 20), (64, 80), (90, 200), (200, 60), (120, 120)]),
+)
+def test_shortcut_agrees_with_the_shared_parser(
+    blocks: list[bytes], reads: list[int], limits: tuple[int, int]
+) -> None:
+    body = b"".join(blocks)
+    bounds = {"max_line_size": limits[0], "max_event_size": limits[1]}
+    fast = AnthropicParser(**bounds)
+    shared = EventStreamParser(AnthropicAssembler(), **bounds)
+    got: list[ChatChunk] = []
+    want: list[ChatChunk] = []
+    pos = 0
+    for size in reads:
+        got += fast.feed(body[pos : pos + size])
+        want += shared.feed(body[pos : pos + size])
+        assert fast.progress == shared.progress
+        pos += size
+    got += fast.feed(body[pos:])
+    want += shared.feed(body[pos:])
+    got += fast.end()
+    want += shared.end()
+    assert got == want
+    assert type(fast.error) is type(shared.error)
+    assert str(fast.error) == str(shared.error)
+    assert fast.usage == shared.usage
+
+
+def test_large_reads_are_windowed() -> None:
+    body = body_of(anthropic_text_stream("w" * 300_000, parts=3000))
+    assert run(body) == run(body, shared=True)
+    assert run(body).text == "w" * 300_000
 
 
 def test_deeply_nested_json_is_a_protocol_error() -> None:

@@ -6,8 +6,8 @@ One attempt is one ``POST {base_url}/v1/messages`` with ``stream: true``, the ke
 httpx boundary :func:`~trio_llmstream.providers.openai.translate_httpx_error`, identity
 encoding with bounded inflation, read windows, the quiet-bytes bound, closing without reading
 on, the headers limit, the redaction boundary), and fed to an
-:class:`~trio_llmstream._core._parser.EventStreamParser` over an
-:class:`~trio_llmstream._core._anthropic.AnthropicAssembler`.
+:class:`~trio_llmstream._core._anthropic.AnthropicParser` (the shared event-stream parser over
+the Anthropic assembler, with a framing shortcut for Anthropic's two-line blocks).
 
 The request. A ``ChatContext`` becomes Anthropic's shape:
 
@@ -45,8 +45,7 @@ import httpx
 import msgspec
 import trio
 
-from .._core._anthropic import AnthropicAssembler
-from .._core._parser import EventStreamParser
+from .._core._anthropic import AnthropicParser
 from .._exceptions import (
     APIError,
     APIStatusError,
@@ -348,7 +347,7 @@ class AnthropicLLM(LLM):
         emit: ChunkEmitter,
         request_id: str | None,
     ) -> None:
-        parser = EventStreamParser(AnthropicAssembler())
+        parser = AnthropicParser()
         quiet = 0  # body bytes since the last complete data event
         identity = decode is _identity_windows
         async for data in reads:
