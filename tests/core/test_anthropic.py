@@ -8,8 +8,11 @@ its bytes are cut into reads.
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+import tracemalloc
+from collections.abc import Callable
 
 import attrs
 import pytest
@@ -675,3 +678,62 @@ def test_payload_shapes_from_the_docs() -> None:
     assert out.request_id == "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY"
     assert out.usage == CompletionUsage(15, 25, 40, None, None, "provider")
     assert out.finish == ("stop", "end_turn")
+
+
+# -- bounded memory -----------------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def _peak(fn: Callable[[], object]) -> tuple[int, object]:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        result = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak, result
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        b"\n" * (8 * MiB),  # blank lines: nothing but separators
+        b"x" * (8 * MiB),  # one unterminated line
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"type":'
+        b'"text_delta","text":"' + b"a" * (8 * MiB),  # a text delta that never ends
+        b": keep-alive\n\n" * (MiB // 2),  # comments only
+        (b"event: content_block_delta\ndata: \n\n") * (MiB // 32),  # empty data events
+    ],
+    ids=["blank-lines", "long-line", "endless-delta", "comments", "empty-events"],
+)
+def test_one_huge_read_is_processed_in_bounded_memory(hostile: bytes) -> None:
+    # Whatever a single read holds, the parser keeps the SSE limits plus a window or two; the
+    # result is either nothing or a typed error. (Only the returned chunks grow with input.)
+    def parse() -> AnthropicParser:
+        parser = AnthropicParser()
+        parser.feed(hostile)
+        parser.end()
+        return parser
+
+    peak, parser = _peak(parse)
+    assert isinstance(parser, AnthropicParser)
+    assert parser.error is None or isinstance(parser.error, LLMStreamError)
+    assert peak < 12 * MiB, peak
+
+
+def test_thinking_and_arguments_are_bounded_in_many_events() -> None:
+    # Many small deltas into one block: the per-block bound stops the growth.
+    head = body_of(anthropic_stream([])[:1]) + body_of(
+        [AnthropicEvent({"type": "content_block_start", "index": 0,
+                         "content_block": {"type": "tool_use", "id": "t", "name": "f"}})]
+    )
+    delta = body_of(
+        [AnthropicEvent({"type": "content_block_delta", "index": 0,
+                         "delta": {"type": "input_json_delta", "partial_json": "x" * 1000}})]
+    )
+    out = run(head + delta * 2000, max_tool_argument_bytes=1 << 20)
+    assert out.error is StreamProtocolError
+    assert out.message is not None
+    assert "bytes of arguments" in out.message
