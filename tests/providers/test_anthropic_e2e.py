@@ -290,3 +290,64 @@ async def test_tool_loop_and_byte_equal_replay(server: MockLLMServer, llm: Anthr
     assert [(b["tool_use_id"], b["content"]) for b in messages[2]["content"]] == [
         ("toolu_o", "sunny in Oslo"), ("toolu_l", "sunny in Lima")
     ]
+
+
+async def test_json_error_on_a_200_keeps_its_type(
+    server: MockLLMServer, llm: AnthropicLLM
+) -> None:
+    from trio_llmstream.testing import json_response
+
+    server.enqueue(
+        json_response({"type": "error", "error": {"type": "overloaded_error",
+                                                  "message": "Overloaded"}}),
+        anthropic_text_stream(TEXT),
+    )
+    async with open_llm_stream(llm, chat_ctx=ctx(), conn_options=OPTIONS) as stream:
+        assert (await stream.collect()).text == TEXT
+    first = stream.metrics.attempts[0].error
+    assert isinstance(first, ProviderError)
+    assert first.type == "overloaded_error"
+
+
+async def test_an_html_page_is_a_protocol_error_not_retried(
+    server: MockLLMServer, llm: AnthropicLLM
+) -> None:
+    from trio_llmstream import StreamProtocolError
+    from trio_llmstream.testing import MockResponse, RawBytes
+
+    page = MockResponse(
+        headers={"content-type": "text/html"}, steps=[RawBytes(b"<html>login</html>")]
+    )
+    server.enqueue(page, anthropic_text_stream(TEXT))
+    async with open_llm_stream(llm, chat_ctx=ctx(), conn_options=OPTIONS) as stream:
+        with pytest.raises(StreamProtocolError, match="text/html"):
+            await stream.collect()
+    assert len(server.chat_requests) == 1
+
+
+async def test_a_gzip_body_is_decoded_and_identity_is_asked(
+    server: MockLLMServer, llm: AnthropicLLM
+) -> None:
+    import gzip
+
+    from trio_llmstream.testing import MockResponse, RawBytes, sse_response
+
+    raw = sse_response(anthropic_text_stream(TEXT)).body_bytes()
+    server.enqueue(
+        MockResponse(headers={"content-encoding": "gzip"}, steps=[RawBytes(gzip.compress(raw))])
+    )
+    async with open_llm_stream(llm, chat_ctx=ctx(), conn_options=OPTIONS) as stream:
+        assert (await stream.collect()).text == TEXT
+    assert server.last_request.headers["accept-encoding"] == "identity"
+
+
+async def test_a_caller_client_is_used_and_not_closed(server: MockLLMServer) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        async with AnthropicLLM("m", base_url=server.origin, api_key=KEY,
+                                http_client=client) as llm:
+            server.enqueue(anthropic_text_stream(TEXT))
+            async with open_llm_stream(llm, chat_ctx=ctx(), conn_options=OPTIONS) as stream:
+                assert (await stream.collect()).text == TEXT
+        assert not client.is_closed
