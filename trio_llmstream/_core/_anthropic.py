@@ -123,6 +123,7 @@ _MAX_MESSAGE = 2000
 # AnthropicParser._blocks).
 _DELTA_HEAD: Final = b"event: content_block_delta\ndata: "
 _DELTA_SEPARATOR: Final = b"\n\n" + _DELTA_HEAD
+_HEAD_SIZE: Final = len(_DELTA_HEAD)
 PROVIDER: Final = "anthropic"
 
 
@@ -826,54 +827,42 @@ class AnthropicParser:
         # (a data line cannot hold one). Whatever else a piece holds after its first line is
         # other blocks, taken apart by _general.
         asm = self.assembler
-        pieces = (b"\n\n" + region).split(_DELTA_SEPARATOR)
+        pieces = region.split(_DELTA_SEPARATOR)
         first = pieces[0]
-        if len(first) > 2:
+        if first[:_HEAD_SIZE] == _DELTA_HEAD:
+            pieces[0] = first[_HEAD_SIZE:]  # the region starts with a text delta's block
+        else:
             self._general(first, out)
             if asm.finished:
                 return
-        room = self._limit - len(_DELTA_HEAD)
+            del pieces[0]
+        room = self._limit - _HEAD_SIZE
         decode = _decode_event
         rid = asm._rid
         append = out.append
-        for i in range(1, len(pieces)):
-            piece = pieces[i]
-            nl = piece.find(10)
-            rest = b""
-            if nl >= 0:
-                if piece[nl : nl + 2] != b"\n\n":
-                    # More lines in this block (an id, a second data line): the general path.
-                    self._general(_DELTA_HEAD + piece, out)
+        count = 0  # events of the hot path, added to progress once
+        try:
+            for piece in pieces:
+                if 10 in piece or len(piece) > room:
+                    self._odd_piece(piece, room, out)
                     if asm.finished:
                         return
                     rid = asm._rid
                     continue
-                rest = piece[nl:]
-                piece = piece[:nl]
-            if len(piece) > room:
-                # Perhaps beyond a limit: the decoder decides (and reports the bound).
-                self._irregular(_DELTA_HEAD + piece, out)
-                if asm.finished:
-                    return
-                if rest:
-                    self._general(rest, out)
+                # The hot path: AnthropicAssembler._dispatch and _event, inlined.
+                try:
+                    wire = decode(piece)
+                except _JSON_ERRORS:
+                    asm._dispatch(False, piece, out)
                     if asm.finished:
                         return
-                rid = asm._rid
-                continue
-            # The hot path: AnthropicAssembler._dispatch and _event, inlined.
-            asm.progress += 1
-            try:
-                wire = decode(piece)
-            except _JSON_ERRORS:
-                asm.progress -= 1
-                asm._dispatch(False, piece, out)
-            else:
+                    continue
+                count += 1
                 delta = wire.delta
                 if (
-                    wire.type == "content_block_delta"
-                    and delta is not None
+                    delta is not None
                     and delta.type == "text_delta"
+                    and wire.type == "content_block_delta"
                 ):
                     text = delta.text
                     if text:
@@ -896,18 +885,32 @@ class AnthropicParser:
                         k.usage = None
                         k.__class__ = ChatChunk
                         append(k)
-                else:
-                    try:
-                        asm._handle(wire, out)
-                    except APIError as exc:
-                        asm._fail(exc, out)
-            if asm.finished:
-                return
-            if rest:
-                self._general(rest, out)
+                    continue
+                try:
+                    asm._handle(wire, out)
+                except APIError as exc:
+                    asm._fail(exc, out)
                 if asm.finished:
                     return
                 rid = asm._rid
+        finally:
+            asm.progress += count
+
+    def _odd_piece(self, piece: bytes, room: int, out: list[ChatChunk]) -> None:
+        # A piece after a text-delta separator that is more than one short data line.
+        nl = piece.find(10)
+        if nl >= 0 and piece[nl : nl + 2] != b"\n\n":
+            # More lines in this block (an id, a second data line): the general path.
+            self._general(_DELTA_HEAD + piece, out)
+            return
+        data, rest = (piece[:nl], piece[nl:]) if nl >= 0 else (piece, b"")
+        if len(data) > room:
+            # Perhaps beyond a limit: the decoder decides (and reports the bound).
+            self._irregular(_DELTA_HEAD + data, out)
+        else:
+            self.assembler._dispatch(False, data, out)
+        if rest and not self.assembler.finished:
+            self._general(rest, out)
 
     def _general(self, region: bytes, out: list[ChatChunk]) -> None:
         # Whole blocks of any kind, in order (empty pieces are blank lines between blocks).
