@@ -82,6 +82,7 @@ from ._tools._loop import open_tool_loop as open_tool_loop
 from ._tools._schema import Param as Param
 from ._tools._validate import ToolArgumentError as ToolArgumentError
 from ._tools._validate import validate_arguments as validate_arguments
+from .providers.anthropic import AnthropicLLM as AnthropicLLM
 from .providers.gemini import GeminiLLM as GeminiLLM
 from .providers.openai import OpenAILLM as OpenAILLM
 
@@ -93,6 +94,7 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "AnthropicLLM",
     "AttemptInfo",
     "AttemptMetrics",
     "ChatChunk",

@@ -7,6 +7,11 @@
   responses and faults over real HTTP, with builders for realistic chunk streams.
 """
 
+from ._anthropic import AnthropicErrorEvent as AnthropicErrorEvent
+from ._anthropic import AnthropicEvent as AnthropicEvent
+from ._anthropic import anthropic_stream as anthropic_stream
+from ._anthropic import anthropic_text_stream as anthropic_text_stream
+from ._anthropic import anthropic_tool_call_stream as anthropic_tool_call_stream
 from ._gemini import DEFAULT_GEMINI_MODEL as DEFAULT_GEMINI_MODEL
 from ._gemini import DEFAULT_GEMINI_RESPONSE_ID as DEFAULT_GEMINI_RESPONSE_ID
 from ._gemini import gemini_blocked_stream as gemini_blocked_stream
@@ -52,6 +57,8 @@ from ._server import ResponseOutcome as ResponseOutcome
 from ._server import open_mock_server as open_mock_server
 
 __all__ = [
+    "AnthropicErrorEvent",
+    "AnthropicEvent",
     "ChunkEvent",
     "DEFAULT_COMPLETION_ID",
     "DEFAULT_CREATED",
@@ -79,6 +86,9 @@ __all__ = [
     "ServerFault",
     "Stall",
     "StreamStep",
+    "anthropic_stream",
+    "anthropic_text_stream",
+    "anthropic_tool_call_stream",
     "chat_chunk",
     "error_response",
     "gemini_blocked_stream",
