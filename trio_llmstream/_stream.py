@@ -117,6 +117,8 @@ MAX_HELD_CHUNKS = 1024
 
 _system_random = random.Random()
 
+_NO_TIMEOUTS = Timeouts(connect=None, first_token=None, idle=None, first_event=None)
+
 
 # Text pieces are joined every so often: a token is a few characters, its str object ~50 bytes
 # more, and a thousand concurrent streams each keep their whole response.
@@ -228,6 +230,7 @@ class _AttemptEmitter:
         "_pipe",
         "_scope",
         "_stream",
+        "broken",
         "committed",
         "ended_at",
         "finished",
@@ -270,6 +273,8 @@ class _AttemptEmitter:
         # Finished without visible output, waiting to win by default (see _arbiter.py).
         self.finished_empty = False
         self.ended_at: float | None = None
+        # Set up failed (the caller's timeouts function raised): the attempt fails with it.
+        self.broken: Exception | None = None
         self._held: list[ChatChunk] = []
         self._paused = False
         # Visible output is being handed over (or was): the first-token limit is met.
@@ -880,11 +885,16 @@ class LLMStream:
         number = self._attempts_started
         self._attempts_started += 1
         route = self._route
-        timeouts = route.timeouts(position, number, self._options)
+        broken: Exception | None = None
+        try:
+            timeouts = route.timeouts(position, number, self._options)
+        except Exception as exc:  # the caller's timeouts function: fails this attempt, in band
+            timeouts, broken = _NO_TIMEOUTS, exc
         emitter = _AttemptEmitter(
             self, self._pipe, trio.CancelScope(), timeouts,
             number=number, provider=route.provider(position), position=position,
         )
+        emitter.broken = broken
         self._arbiter.enter(emitter)
         return emitter
 
@@ -906,6 +916,8 @@ class LLMStream:
         try:
             with scope:
                 try:
+                    if emitter.broken is not None:
+                        raise emitter.broken
                     await emitter.provider.run_attempt(
                         self._request, AttemptInfo(emitter.number, emitter.timeouts), emitter
                     )
