@@ -982,13 +982,19 @@ class LLMStream:
             self._record(obs, emitter, error=error)
             return self._give_up(error, errors, emitter, decision.reason)
         self._record(obs, emitter, error=error, backoff=decision.delay)
-        logger.info(
-            "%s: attempt %d failed (%s: %s); %s in %.3fs",
-            emitter.provider.label, emitter.number + 1, type(error).__name__, error,
-            "retrying" if step == "wrap" else "moving on to " + route.provider(
-                position or 0).label,
-            decision.delay,
-        )
+        if step == "wrap":
+            logger.info(
+                "%s: attempt %d failed (%s: %s); retrying in %.3fs",
+                emitter.provider.label, emitter.number + 1, type(error).__name__, error,
+                decision.delay,
+            )
+        else:
+            assert position is not None
+            logger.info(
+                "%s: attempt %d failed (%s: %s); moving on to %s",
+                emitter.provider.label, emitter.number + 1, type(error).__name__, error,
+                route.provider(position).label,
+            )
         if step == "wrap":
             route.wraps += 1
         await trio.sleep(decision.delay)
