@@ -145,7 +145,7 @@ def main() -> None:
                 ctx = ChatContext()
                 ctx.add_message(role="user", content="hi")
                 for _ in range(300):
-                    async with open_llm_stream(llm, chat_ctx=ctx, hedge=hedge) as s:
+                    async with open_llm_stream(llm, chat_ctx=ctx, hedge=hedge) as s:  # noqa: B023
                         await s.collect()
 
             t0 = time.perf_counter()

@@ -135,7 +135,8 @@ async def test_a_held_stream_adopted_delivers_everything(
         llm, chat_ctx=ctx(), hold=True
     ) as stream:
         await trio.sleep(0.3)  # the primary failed and the backup answered, invisibly
-        assert stream.function_calls == [] and stream.status is StreamStatus.RUNNING
+        assert stream.function_calls == []
+        assert stream.status is StreamStatus.RUNNING
         await stream.adopt()
         text = (await stream.collect()).text
     assert text == ANSWER

@@ -219,3 +219,54 @@ def test_simultaneous_deliveries_never_interleave() -> None:
         (ids,) = got
         winners |= ids
     assert winners == {"A", "B"}  # both sides of the race were reached
+
+
+def test_a_limit_firing_as_the_hedge_delivers_never_repeats_a_chunk() -> None:
+    # Attempt 0 stalls; the hedge starts at 0.5 and hands its first visible batch over at 1.0,
+    # the very instant its first-token limit (0.5 from its start) and attempt 0's (1.0) fire.
+    # Whatever trio's order in that scheduler batch: taken means committed (interrupted or
+    # completed, never retried); not taken means taken back, and the retry's output alone is
+    # seen.
+    from trio_llmstream import StreamInterrupted, Timeouts
+
+    endings: set[str] = set()
+    for seed in range(80):
+        seed_scheduler(seed)
+        got: list[tuple[list[ChatChunk], BaseException | None, LLMMetrics]] = []
+
+        async def main() -> None:
+            llm = ScriptedLLM([
+                ScriptedAttempt((), Fault(FaultKind.STALL)),
+                ScriptedAttempt(text_chunks("b1 b2 b3", request_id="B"), delay=0.5,
+                                aligned=True, batch_size=2),
+                ScriptedAttempt(text_chunks("c1", request_id="C")),
+            ], by="call")
+            received: list[ChatChunk] = []
+            error: BaseException | None = None
+            async with open_llm_stream(
+                llm, chat_ctx=ctx(), hedge=Hedge(after=0.5),
+                conn_options=APIConnectOptions(
+                    max_retry=2, retry_interval=0.1,
+                    timeouts=lambda a: Timeouts(first_token=[1.0, 0.5, 5.0][a]),
+                ),
+            ) as stream:
+                try:
+                    async for chunk in stream:
+                        received.append(chunk)
+                except StreamInterrupted as exc:
+                    error = exc
+            got.append((received, error, stream.metrics))  # noqa: B023
+
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        ((received, error, metrics),) = got
+        assert len({id(c) for c in received}) == len(received)
+        ids = {c.request_id for c in received}
+        assert len(ids) == 1
+        assert sum(a.committed for a in metrics.attempts) == 1
+        if ids == {"B"}:
+            endings.add("interrupted" if error is not None else "B completed")
+        else:
+            assert error is None
+            endings.add("retried")
+    assert "retried" in endings, endings
+    assert endings & {"interrupted", "B completed"}, endings

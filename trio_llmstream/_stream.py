@@ -3,14 +3,21 @@
 Structure. ``open_llm_stream`` opens one nursery in the caller's task and runs in it:
 
 - the *attempt loop*, inside the stream's own cancel scope (so ``aclose()`` can stop the stream
-  without touching the caller's code). It is the sole owner of the consumer-facing send channel
-  and of the observation channel, and closes both exactly once, after the last attempt,
-  whatever happens. Each attempt gets an emitter that can send but cannot close, so no
-  provider can end the stream under the next attempt;
+  without touching the caller's code). It is the sole owner of the consumer-facing pipe and of
+  the observation channel, and closes both exactly once, after the last attempt, whatever
+  happens. It is two parts: *one attempt* (``_one_attempt``: run the provider on an emitter,
+  return the outcome) and a short *decision loop* (``_attempt_loop`` / ``_decide``: completed,
+  give up, the next attempt on the route after the backoff when the route wraps, or a hedged
+  attempt beside the running ones). Attempts run as tasks of a nursery inside the loop, so
+  several may run at once (hedging); the loop alone records them, each exactly once. Each
+  attempt gets an emitter that can send but cannot close, so no provider can end the stream
+  under the next attempt; which attempt may hand over before the commit, and which one wins,
+  is the arbiter's (``_arbiter.py``), and which provider serves an attempt is the route's
+  (``_fallback.py``);
 - the *supervisor*, the metrics consumer: shielded, it drains the loop's observations until the
   loop closes their channel, then delivers exactly one ``LLMMetrics`` (the shield guarantees
   delivery on cancellation; it cannot hang because the loop always closes the channel). Between
-  observations it sleeps until the running attempt's nearest time limit and enforces it;
+  observations it sleeps until the running attempts' nearest time limit and enforces it;
 - *tool-call tasks*, started as soon as a complete call reaches the consumer (eager execution)
   or by ``execute_functions()``, each in a cancel scope of its own.
 
@@ -42,6 +49,13 @@ since) and either sleeps again or cancels the attempt's scope, recording which l
 While the emitter waits for the consumer no limit runs and the idle clock restarts when the
 wait ends: backpressure never counts as the server being slow. A fired limit fails the attempt
 with ``APITimeoutError`` naming it.
+
+Held streams. ``hold=True`` gates the consumer side only: iteration waits until ``adopt()``
+or ``discard()``. Since every hand-off before the commit waits for the consumer to take it, an
+attempt runs until its first visible batch and waits there, its limits paused like any
+backpressure; nothing is delivered and no tool starts, and a failure before that point is
+retried as usual, invisibly. ``discard()`` cancels the stream (taking the waiting batch back)
+and the supervisor records it ``DISCARDED``.
 
 Endings. The attempt loop decides how the attempts ended; the stream's status is settled by the
 consumer: COMPLETED, TRUNCATED or FAILED once it has received the end (iteration ended or
