@@ -247,7 +247,7 @@ def test_a_limit_firing_as_the_hedge_delivers_never_repeats_a_chunk() -> None:
                 llm, chat_ctx=ctx(), hedge=Hedge(after=0.5),
                 conn_options=APIConnectOptions(
                     max_retry=2, retry_interval=0.1,
-                    timeouts=lambda a: Timeouts(first_token=[1.0, 0.5, 5.0][a]),
+                    timeouts=lambda number: Timeouts(first_token=(1.0, 0.5, 5.0)[number]),
                 ),
             ) as stream:
                 try:

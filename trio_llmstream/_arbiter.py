@@ -7,12 +7,13 @@ the consumer has taken the batch or takes it back. So the arbiter makes "one pro
 again before the commit:
 
 - **The hand-off token.** Before the commit an attempt may put chunks into the pipe only while
-  it holds the token (a ``trio.Lock``; taken without a checkpoint when free, so a stream of one
-  attempt pays nothing). It holds it for one exact hand-off: put, wait until taken, and either
-  the consumer took the batch (the attempt commits) or the hand-off was cancelled and the batch
-  taken back (the pipe is as before, nothing was seen) and the token is released for the next
-  attempt. So the consumer can never see chunks of two attempts interleaved: before the commit
-  the pipe holds at most one attempt's batch, and after it only the winner is left.
+  it holds the token (taken without a checkpoint when free, so a stream of one attempt pays
+  nothing; waiters park and re-check when it is released). It holds it for one exact
+  hand-off: put, wait until taken, and either the consumer took the batch (the attempt
+  commits) or the hand-off was cancelled and the batch taken back (the pipe is as before,
+  nothing was seen) and the token is released for the next attempt. So the consumer can never
+  see chunks of two attempts interleaved: before the commit the pipe holds at most one
+  attempt's batch, and after it only the winner is left.
 - **The winner** is the attempt whose visible output the consumer took first: the pipe says
   so (its take positions), not how the hand-off ended. At that moment the arbiter cancels every
   other attempt's scope; their connections close, and nothing they hold back was ever in the
@@ -51,33 +52,46 @@ class Contender(Protocol):
 
 
 class Arbiter:
-    """One per stream; see the module docstring."""
+    """One per stream; see the module docstring.
 
-    __slots__ = ("_live", "_lot", "_token", "winner")
+    Small on purpose (thousands of idle streams each hold one): the token is a holder field,
+    and the parking lot exists only once some attempt has had to wait.
+    """
+
+    __slots__ = ("_holder", "_live", "_lot", "winner")
 
     def __init__(self) -> None:
-        self._token = trio.Lock()
-        self._live: dict[Contender, None] = {}
-        self._lot = trio.lowlevel.ParkingLot()
+        self._holder: Contender | None = None
+        self._live: list[Contender] = []
+        self._lot: trio.lowlevel.ParkingLot | None = None
         self.winner: Contender | None = None
 
     def enter(self, contender: Contender) -> None:
-        self._live[contender] = None
+        self._live.append(contender)
 
     def leave(self, contender: Contender) -> None:
         """``contender``'s attempt is over: attempts that finished empty may now win."""
-        self._live.pop(contender, None)
+        if contender in self._live:
+            self._live.remove(contender)
         if self.winner is contender and not (contender.committed or contender.finished):
             # It won by default (an empty response) but its hand-off was cancelled before
             # the consumer took it (a limit fired in that very step): nothing was delivered,
             # so the stream may still retry, and the next attempt must be free to win.
             self.winner = None
-        if self._lot:
-            self._lot.unpark_all()
+        self._wake()
 
     @property
     def live(self) -> int:
         return len(self._live)
+
+    def _wake(self) -> None:
+        if self._lot:
+            self._lot.unpark_all()
+
+    async def _park(self) -> None:
+        if self._lot is None:
+            self._lot = trio.lowlevel.ParkingLot()
+        await self._lot.park()
 
     def try_acquire(self, contender: Contender) -> bool:
         """Take the hand-off token if it is free (no checkpoint). False for a loser (an
@@ -85,10 +99,9 @@ class Arbiter:
         over: ``acquire`` then ends in its cancellation)."""
         if self.winner is not None and self.winner is not contender:
             return False
-        try:
-            self._token.acquire_nowait()
-        except trio.WouldBlock:
+        if self._holder is not None:
             return False
+        self._holder = contender
         return True
 
     async def acquire(self, contender: Contender) -> None:
@@ -97,15 +110,16 @@ class Arbiter:
         Cancellation: cancelled while waiting, the token is not taken. After another attempt
         won, this attempt's scope is cancelled, so the wait ends with ``Cancelled``.
         """
-        await self._token.acquire()
-        if self.winner is not None and self.winner is not contender:
-            # Lost while taking the token: never hand anything over. Our scope was cancelled
-            # by commit(), so this checkpoint raises Cancelled.
-            self._token.release()
-            await trio.sleep_forever()
+        while self._holder is not None or (
+            self.winner is not None and self.winner is not contender
+        ):
+            # A loser waits here until its cancellation (commit() cancelled its scope).
+            await self._park()
+        self._holder = contender
 
     def release(self) -> None:
-        self._token.release()
+        self._holder = None
+        self._wake()
 
     def commit(self, contender: Contender) -> None:
         """``contender``'s output reached the consumer: it wins, every other attempt loses.
@@ -128,10 +142,9 @@ class Arbiter:
         if self.winner is contender:
             return
         contender.finished_empty = True
-        if self._lot:
-            self._lot.unpark_all()
+        self._wake()
         while not self._may_win_empty(contender):
-            await self._lot.park()
+            await self._park()
         self.commit(contender)
 
     def _may_win_empty(self, contender: Contender) -> bool:

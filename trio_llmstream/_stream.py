@@ -832,56 +832,76 @@ class LLMStream:
     async def _attempt_loop(self, obs: trio.MemorySendChannel[_Observation]) -> None:
         """The decision loop: start attempts, hear how each ended, decide what comes next.
 
-        Each attempt runs as a task of a nursery inside the stream's scope
-        (:meth:`_one_attempt`) and reports one ``_Outcome``; the loop alone decides: the
-        stream completed, or it gives up, or the next attempt starts (after the backoff when
-        the route wraps), or, with a ``Hedge``, one more attempt starts beside the running
-        ones. It alone records attempts, so each is recorded exactly once, also when the
-        stream is cancelled, and it closes the pipe once, after the last attempt.
+        Without a hedge one attempt runs at a time, in this task (:meth:`_one_attempt`
+        returns its outcome); with one, attempts run as tasks of a nursery inside the stream's
+        scope and report their outcomes on a channel. Either way the loop alone decides
+        (:meth:`_decide`: the stream completed, it gives up, or the next attempt starts after
+        the backoff when the route wraps; with a hedge, also one more attempt beside the
+        running ones), it alone records attempts, so each is recorded exactly once, also when
+        the stream is cancelled, and it closes the pipe once, after the last attempt.
         """
         self._started_at = trio.current_time()
         errors: list[APIError] = []
         live: list[_AttemptEmitter] = []  # started, not yet recorded
         end: _StreamEnd | None = None
-        last: _AttemptEmitter | None = None
-        report, outcomes = trio.open_memory_channel[_Outcome](self._options.max_attempts)
+        outcomes: trio.MemoryReceiveChannel[_Outcome] | None = None
+
+        def begin(position: int) -> _AttemptEmitter:
+            emitter = self._new_attempt(position)
+            live.append(emitter)
+            obs.send_nowait(emitter)  # the supervisor keeps its time limits
+            return emitter
+
         async with obs:
             try:
-                async with trio.open_nursery() as attempts:
-
-                    def start(position: int) -> None:
-                        emitter = self._new_attempt(position)
-                        live.append(emitter)
-                        obs.send_nowait(emitter)  # the supervisor keeps its time limits
-                        attempts.start_soon(self._attempt_task, emitter, report)
-
-                    start(0)
+                if self._hedge is None:
+                    # One attempt at a time, in this task: no task or channel per stream.
+                    position: int | None = 0
                     while end is None:
-                        outcome: _Outcome | None = None
-                        with trio.move_on_at(self._hedge_at(live)):
-                            outcome = await outcomes.receive()
-                        if outcome is None:
-                            if self._hedge_at(live) <= trio.current_time():
-                                start(self._route.next_after(live[-1].position)[0] or 0)
-                            continue
+                        assert position is not None
+                        outcome = await self._one_attempt(begin(position))
                         live.remove(outcome.emitter)
-                        last = outcome.emitter
-                        end = await self._decide(outcome, live, errors, obs, start)
-                    attempts.cancel_scope.cancel()  # attempts that lost the race
+                        end, position = await self._decide(outcome, live, errors, obs)
+                else:
+                    report, outcomes = trio.open_memory_channel[_Outcome](
+                        self._options.max_attempts
+                    )
+                    async with trio.open_nursery() as attempts:
+
+                        def start(position: int) -> None:
+                            attempts.start_soon(self._attempt_task, begin(position), report)
+
+                        start(0)
+                        while end is None:
+                            arrived: _Outcome | None = None
+                            with trio.move_on_at(self._hedge_at(live)):
+                                arrived = await outcomes.receive()
+                            if arrived is None:  # a hedge is due (if it still is)
+                                if self._hedge_at(live) <= trio.current_time():
+                                    start(self._route.next_after(live[-1].position)[0] or 0)
+                                continue
+                            live.remove(arrived.emitter)
+                            # Outside the hedge's deadline: a backoff is never cut short.
+                            end, position = await self._decide(arrived, live, errors, obs)
+                            if position is not None:
+                                start(position)
+                        attempts.cancel_scope.cancel()  # attempts that lost the race
             except BaseException:
                 # Cancelled (the consumer left, aclose(), discard(), the caller's scope):
                 # end as cancelled, unless the stream had already ended.
                 if end is None:
+                    ref = self._arbiter.winner or (live[-1] if live else None)
+                    assert ref is None or isinstance(ref, _AttemptEmitter)
                     end = _StreamEnd(
                         StreamStatus.CANCELLED, None,
-                        last.first_visible_at if last else None,
-                        last.last_chunk_at if last else None,
+                        ref.first_visible_at if ref else None,
+                        ref.last_chunk_at if ref else None,
                     )
                 raise
             finally:
                 # Attempts still unrecorded (they lost, or the stream was cancelled): their
                 # outcome if they reported one, else cancelled in flight.
-                while True:
+                while outcomes is not None:
                     try:
                         leftover = outcomes.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
@@ -956,10 +976,10 @@ class LLMStream:
         live: list[_AttemptEmitter],
         errors: list[APIError],
         obs: trio.MemorySendChannel[_Observation],
-        start: Callable[[int], None],
-    ) -> _StreamEnd | None:
-        """What follows ``outcome``: the stream's end, or None to go on (after starting the
-        next attempt, if one is due)."""
+    ) -> tuple[_StreamEnd | None, int | None]:
+        """What follows ``outcome``: the stream's end, or the route position of the next
+        attempt (the backoff already slept), or neither (hedged attempts are still running
+        and carry on)."""
         emitter, error, route = outcome.emitter, outcome.error, self._route
         winner = self._arbiter.winner
         if outcome.lost or (winner is not None and winner is not emitter):
@@ -967,20 +987,20 @@ class LLMStream:
             if error is not None:
                 route.failed(emitter.position, error)
             self._record(obs, emitter, error=error)
-            return None
+            return None, None
         if error is None:
             route.succeeded(emitter.position)
             self._record(obs, emitter)
             return _StreamEnd(
                 StreamStatus.COMPLETED, None, emitter.first_visible_at, emitter.last_chunk_at
-            )
+            ), None
         route.failed(emitter.position, error)
         if isinstance(error, APIError):
             errors.append(error)
             if live and not emitter.committed:
                 # Hedged attempts are still running: they are the retry.
                 self._record(obs, emitter, error=error)
-                return None
+                return None, None
         position, step = route.next_after(emitter.position)
         decision = decide_next(
             self._options,
@@ -994,7 +1014,7 @@ class LLMStream:
         )
         if not isinstance(decision, Retry):
             self._record(obs, emitter, error=error)
-            return self._give_up(error, errors, emitter, decision.reason)
+            return self._give_up(error, errors, emitter, decision.reason), None
         self._record(obs, emitter, error=error, backoff=decision.delay)
         if step == "wrap":
             logger.info(
@@ -1012,9 +1032,7 @@ class LLMStream:
         if step == "wrap":
             route.wraps += 1
         await trio.sleep(decision.delay)
-        assert position is not None
-        start(position)
-        return None
+        return None, position
 
     def _hedge_at(self, live: list[_AttemptEmitter]) -> float:
         """When the next hedged attempt is due (inf: none is)."""
