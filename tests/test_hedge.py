@@ -270,3 +270,47 @@ def test_a_limit_firing_as_the_hedge_delivers_never_repeats_a_chunk() -> None:
             endings.add("retried")
     assert "retried" in endings, endings
     assert endings & {"interrupted", "B completed"}, endings
+
+
+async def test_the_backoff_is_never_cut_short_by_a_due_hedge(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Attempt 0 fails at 0.1 s with nothing else running: the loop backs off (round 0 of a
+    # 2 s interval: 1 to 2 s). The hedge that was due at 0.5 s must not end that sleep.
+    llm = ScriptedLLM([ScriptedAttempt((), Fault.retryable(), delay=0.1),
+                       slow("ok", 0.1, "B")], by="call")
+    starts: list[float] = []
+    original = llm.run_attempt
+
+    async def spy(*args: object) -> None:
+        starts.append(trio.current_time())
+        await original(*args)  # type: ignore[arg-type]
+
+    llm.run_attempt = spy  # type: ignore[method-assign]
+    t0 = trio.current_time()
+    async with open_llm_stream(
+        llm, chat_ctx=ctx(), hedge=Hedge(after=0.5), rng=random.Random(0),
+        conn_options=APIConnectOptions(max_retry=1, retry_interval=2.0),
+    ) as stream:
+        await stream.collect()
+    backoff = stream.metrics.attempts[0].backoff
+    assert 1.0 <= backoff < 2.0
+    assert starts[1] - t0 == pytest.approx(0.1 + backoff)
+
+
+async def test_a_consumer_leaving_keeps_the_generation_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    usage = CompletionUsage(prompt_tokens=1, completion_tokens=4, total_tokens=5)
+    chunks = text_chunks("a b c d", request_id="A", usage=usage)
+    chunks = [*chunks[:2], chunks[-1], *chunks[2:-1]]  # usage early, then the rest
+    llm = ScriptedLLM([ScriptedAttempt(chunks, delay=0.1)])
+    for hedge in (None, Hedge(after=5.0)):
+        async with open_llm_stream(llm, chat_ctx=ctx(), hedge=hedge) as stream:
+            seen = 0
+            async for chunk in stream:
+                seen += chunk.is_visible
+                if seen == 3:
+                    break
+        assert stream.metrics.status is StreamStatus.CANCELLED
+        assert stream.metrics.tokens_per_second == pytest.approx(4 / 0.3)
