@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from trio_llmstream import (
+    LLM,
     APIConnectOptions,
     APIStatusError,
     APITimeoutError,
@@ -42,7 +43,7 @@ def failing(status: int) -> ScriptedAttempt:
     return ScriptedAttempt((), Fault(FaultKind.ERROR, 0, APIStatusError("no", status_code=status)))
 
 
-async def run(llm: FallbackLLM, options: APIConnectOptions, **kw: object) -> tuple[
+async def run(llm: LLM, options: APIConnectOptions, **kw: object) -> tuple[
     str, object, LLMMetrics
 ]:
     text: list[str] = []
@@ -316,3 +317,23 @@ def test_fallback_llm_validates() -> None:
     assert llm.label == "mine"
     assert llm.health[0].label == "x"
     assert not llm.health[0].cooling
+
+
+async def test_telemetry_hears_which_provider_ran_each_attempt(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_llmstream import _telemetry
+
+    seen: list[tuple[int, object]] = []
+
+    def attempt_finished(self: object, record: object, provider: object | None = None) -> None:
+        seen.append((record.attempt, provider))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(_telemetry.StreamTelemetry, "attempt_finished", attempt_finished)
+    a = ScriptedLLM([failing(503)], label="a", by="call")
+    b = ScriptedLLM([ok()], label="b", by="call")
+    await run(FallbackLLM([a, b]), APIConnectOptions(max_retry=1))
+    assert seen == [(0, a), (1, b)]
+    seen.clear()
+    await run(b, APIConnectOptions())
+    assert seen == [(0, None)]  # the stream's own LLM: no second argument
