@@ -174,7 +174,9 @@ async def test_demo_runs_and_shows_everything() -> None:
     assert "handler: answer delivered" in text  # the two-segment turn
     assert "handler: follow-up playback finished" in text
     rows = metrics_rows(text.split("metrics, one record per stream:", 1)[1])
-    assert set(rows) == {"hello", "retry", "tool step 1", "tool step 2"}
+    assert set(rows) == {"hello", "retry", "fallback", "tool step 1", "tool step 2"}
+    assert "moving on to backup" in text  # the fallback, shown as it happened
+    assert "attempts served by: primary -> backup" in text
     assert all(row["status"] == "completed" for row in rows.values())
 
 

@@ -64,7 +64,7 @@ async def echo(word: str) -> str:
 
 #: open_llm_stream's keywords the loop does not take: it supplies the conversation and the
 #: tools itself, and continues one conversation, so it streams one choice.
-NOT_MIRRORED = {"chat_ctx", "tools", "n"}
+NOT_MIRRORED = {"chat_ctx", "tools", "n", "hold"}
 
 
 def test_open_tool_loop_takes_every_keyword_of_open_llm_stream() -> None:

@@ -20,6 +20,9 @@ from ._exceptions import SegmentError as SegmentError
 from ._exceptions import StreamInterrupted as StreamInterrupted
 from ._exceptions import StreamProtocolError as StreamProtocolError
 from ._exceptions import StreamTruncatedError as StreamTruncatedError
+from ._fallback import FallbackEntry as FallbackEntry
+from ._fallback import FallbackLLM as FallbackLLM
+from ._fallback import ProviderHealth as ProviderHealth
 from ._llm import LLM as LLM
 from ._llm import AttemptInfo as AttemptInfo
 from ._llm import ChunkEmitter as ChunkEmitter
@@ -45,6 +48,7 @@ from ._models import ToolSpec as ToolSpec
 from ._models import UsageSource as UsageSource
 from ._options import DEFAULT_API_CONNECT_OPTIONS as DEFAULT_API_CONNECT_OPTIONS
 from ._options import APIConnectOptions as APIConnectOptions
+from ._options import Hedge as Hedge
 from ._options import Timeouts as Timeouts
 from ._segments import Segment as Segment
 from ._segments import SegmentEnd as SegmentEnd
@@ -109,9 +113,12 @@ __all__ = [
     "CollectedResponse",
     "CompletionUsage",
     "DEFAULT_API_CONNECT_OPTIONS",
+    "FallbackEntry",
+    "FallbackLLM",
     "FunctionCall",
     "FunctionTool",
     "GeminiLLM",
+    "Hedge",
     "LLM",
     "LLMCapabilities",
     "LLMMetrics",
@@ -122,6 +129,7 @@ __all__ = [
     "OpenAILLM",
     "Param",
     "ProviderError",
+    "ProviderHealth",
     "ProviderItem",
     "RetriesExhaustedError",
     "Segment",

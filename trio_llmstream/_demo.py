@@ -2,7 +2,8 @@
 
 Starts the mock OpenAI-compatible server in-process (real HTTP on 127.0.0.1), then streams a
 scripted conversation through ``OpenAILLM`` + ``open_llm_stream``: text printed live as it
-arrives, a dropped connection retried (shown as it happens), a tool loop whose call runs as
+arrives, a dropped connection retried (shown as it happens), a fallback to a second server
+when the first is overloaded, a tool loop whose call runs as
 soon as it arrives, a two-segment turn with its delivery handlers, and the metrics of every
 stream as a table at the end.
 
@@ -26,6 +27,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._fallback import FallbackLLM
 from ._models import ChatChunk, ChatContext, LLMMetrics
 from ._options import APIConnectOptions, Timeouts
 from ._segments import (
@@ -120,6 +122,7 @@ async def run_demo(out: Callable[[str], None] | None = None) -> int:
     """Run the demo, writing to ``out`` (stdout by default). Returns the exit code."""
     from .testing import (
         DropConnection,
+        error_response,
         inject_fault,
         open_mock_server,
         text_stream,
@@ -172,6 +175,27 @@ async def run_demo(out: Callable[[str], None] | None = None) -> int:
                 await _print_stream(stream, emit)
             ctx.add_message(role="assistant", content=(await stream.collect()).text)
             metrics.append(("retry", stream.metrics))
+
+            # 2b. Fallback: the primary is overloaded (503); the stream moves on at once to a
+            #     second server (no backoff for a fresh provider), before any text was shown.
+            ctx.add_message(role="user", content="And if the server is down?")
+            answer = "Then a second provider answers, and you never hear the first one fail."
+            server.enqueue(error_response(503, "overloaded"))
+            async with open_mock_server(text_stream(answer, delay=CHUNK_DELAY)) as backup, \
+                    OpenAILLM("demo-model", base_url=backup.base_url, api_key="sk-demo",
+                              label="backup") as backup_llm:
+                primary = OpenAILLM(
+                    "demo-model", base_url=server.base_url, api_key="sk-demo", label="primary"
+                )
+                fallback = FallbackLLM([primary, backup_llm])
+                emit("\n\nuser> And if the server is down?\nassistant> ")
+                async with open_llm_stream(fallback, chat_ctx=ctx, conn_options=options) as stream:
+                    await _print_stream(stream, emit)
+                await primary.aclose()
+                served = " -> ".join(a.label or "?" for a in stream.metrics.attempts)
+                emit(f"\n  [fallback] attempts served by: {served}")
+            ctx.add_message(role="assistant", content=(await stream.collect()).text)
+            metrics.append(("fallback", stream.metrics))
 
             # 3. A tool loop: the call runs in the stream's nursery as soon as it arrives,
             #    its result goes back, and the model answers with it.

@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
 import attrs
 
 from ._models import ChatChunk, ChatRequest, LLMCapabilities, LLMMetrics
 from ._options import Timeouts
-
-if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
-
-    from ._stream import LLMStream
 
 __all__ = ["LLM", "AttemptInfo", "ChunkEmitter", "MetricsCallback"]
 
@@ -120,12 +115,6 @@ class LLM(abc.ABC):
         cancels this coroutine to enforce time limits and when the consumer leaves; it must
         release its connection when cancelled.
         """
-
-    def stream(self, **kwargs: Any) -> AbstractAsyncContextManager[LLMStream]:
-        """Shorthand for ``open_llm_stream(self, **kwargs)``."""
-        from ._stream import open_llm_stream
-
-        return open_llm_stream(self, **kwargs)
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release what the provider owns (an HTTP client, say). Idempotent."""

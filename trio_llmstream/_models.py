@@ -360,6 +360,8 @@ class StreamStatus(enum.Enum):
     #: error says which (``StreamTruncatedError``, ``RetriesExhaustedError`` or
     #: ``StreamInterrupted``). Never reported as completed.
     TRUNCATED = "truncated"
+    #: A held stream (``hold=True``) thrown away by ``discard()`` before it was adopted.
+    DISCARDED = "discarded"
 
 
 @attrs.frozen
@@ -378,6 +380,8 @@ class AttemptMetrics:
     usage: CompletionUsage | None = None
     backoff: float = 0.0
     committed: bool = False
+    #: The label of the provider that served the attempt (a ``FallbackLLM``'s member).
+    label: str | None = None
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["DEFAULT_API_CONNECT_OPTIONS", "APIConnectOptions", "Timeouts"]
+__all__ = ["DEFAULT_API_CONNECT_OPTIONS", "APIConnectOptions", "Hedge", "Timeouts"]
 
 
 def _positive_or_none(_inst: object, attr: attrs.Attribute[Any], value: float | None) -> None:
@@ -132,6 +132,24 @@ class APIConnectOptions:
                 "expected a Timeouts"
             )
         return result
+
+
+@attrs.frozen
+class Hedge:
+    """Hedged attempts: ``open_llm_stream(..., hedge=Hedge(after=0.8))``.
+
+    When the newest running attempt has delivered no visible output ``after`` seconds after it
+    started, one more attempt starts (on the next provider of a ``FallbackLLM``, else on the
+    same ``LLM``) while the others keep running, up to ``max_in_flight`` attempts at once. The
+    first attempt whose visible output the consumer takes wins; every other is cancelled at
+    once (its connection closed) and recorded with its usage. Each hedged attempt is an
+    attempt of ``APIConnectOptions.max_retry``'s budget. No hedge starts while an attempt is
+    handing visible output over (the consumer is slow, or the stream is held) or has finished
+    without any (it waits for the others; see ``open_llm_stream``).
+    """
+
+    after: float = attrs.field(validator=_positive_or_none)
+    max_in_flight: int = attrs.field(default=2, validator=attrs.validators.ge(2))
 
 
 _DEFAULT_TIMEOUTS = Timeouts()

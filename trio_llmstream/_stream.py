@@ -3,14 +3,21 @@
 Structure. ``open_llm_stream`` opens one nursery in the caller's task and runs in it:
 
 - the *attempt loop*, inside the stream's own cancel scope (so ``aclose()`` can stop the stream
-  without touching the caller's code). It is the sole owner of the consumer-facing send channel
-  and of the observation channel, and closes both exactly once, after the last attempt,
-  whatever happens. Each attempt gets an emitter that can send but cannot close, so no
-  provider can end the stream under the next attempt;
+  without touching the caller's code). It is the sole owner of the consumer-facing pipe and of
+  the observation channel, and closes both exactly once, after the last attempt, whatever
+  happens. It is two parts: *one attempt* (``_one_attempt``: run the provider on an emitter,
+  return the outcome) and a short *decision loop* (``_attempt_loop`` / ``_decide``: completed,
+  give up, the next attempt on the route after the backoff when the route wraps, or a hedged
+  attempt beside the running ones). Attempts run as tasks of a nursery inside the loop, so
+  several may run at once (hedging); the loop alone records them, each exactly once. Each
+  attempt gets an emitter that can send but cannot close, so no provider can end the stream
+  under the next attempt; which attempt may hand over before the commit, and which one wins,
+  is the arbiter's (``_arbiter.py``), and which provider serves an attempt is the route's
+  (``_fallback.py``);
 - the *supervisor*, the metrics consumer: shielded, it drains the loop's observations until the
   loop closes their channel, then delivers exactly one ``LLMMetrics`` (the shield guarantees
   delivery on cancellation; it cannot hang because the loop always closes the channel). Between
-  observations it sleeps until the running attempt's nearest time limit and enforces it;
+  observations it sleeps until the running attempts' nearest time limit and enforces it;
 - *tool-call tasks*, started as soon as a complete call reaches the consumer (eager execution)
   or by ``execute_functions()``, each in a cancel scope of its own.
 
@@ -43,6 +50,13 @@ While the emitter waits for the consumer no limit runs and the idle clock restar
 wait ends: backpressure never counts as the server being slow. A fired limit fails the attempt
 with ``APITimeoutError`` naming it.
 
+Held streams. ``hold=True`` gates the consumer side only: iteration waits until ``adopt()``
+or ``discard()``. Since every hand-off before the commit waits for the consumer to take it, an
+attempt runs until its first visible batch and waits there, its limits paused like any
+backpressure; nothing is delivered and no tool starts, and a failure before that point is
+retried as usual, invisibly. ``discard()`` cancels the stream (taking the waiting batch back)
+and the supervisor records it ``DISCARDED``.
+
 Endings. The attempt loop decides how the attempts ended; the stream's status is settled by the
 consumer: COMPLETED, TRUNCATED or FAILED once it has received the end (iteration ended or
 raised the stream's error), CANCELLED if it left before (``break``, an exception, outside
@@ -62,7 +76,8 @@ from typing import Any
 import attrs
 import trio
 
-from ._core._retry import Retry, decide_retry
+from ._arbiter import Arbiter
+from ._core._retry import Retry, decide_next
 from ._exceptions import (
     APIError,
     APITimeoutError,
@@ -72,6 +87,7 @@ from ._exceptions import (
     StreamTruncatedError,
     TimeoutLimit,
 )
+from ._fallback import FallbackLLM, route_for
 from ._llm import LLM, AttemptInfo, MetricsCallback
 from ._models import (
     AttemptMetrics,
@@ -88,7 +104,7 @@ from ._models import (
     ToolChoice,
     ToolSpec,
 )
-from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Timeouts
+from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Hedge, Timeouts
 from ._pipe import Pipe
 from ._telemetry import open_stream_telemetry
 from ._tools._execute import (
@@ -115,6 +131,8 @@ DEFAULT_BUFFER_SIZE = 16
 MAX_HELD_CHUNKS = 1024
 
 _system_random = random.Random()
+
+_NO_TIMEOUTS = Timeouts(connect=None, first_token=None, idle=None, first_event=None)
 
 
 # Text pieces are joined every so often: a token is a few characters, its str object ~50 bytes
@@ -238,14 +256,21 @@ class _AttemptEmitter:
         "_pipe",
         "_scope",
         "_stream",
+        "broken",
         "committed",
+        "ended_at",
         "finished",
+        "finished_empty",
         "fired",
         "first_event_deadline",
         "first_token_deadline",
         "first_visible_at",
         "last_chunk_at",
         "last_send_at",
+        "lost",
+        "number",
+        "position",
+        "provider",
         "request_id",
         "started_at",
         "timeouts",
@@ -258,10 +283,24 @@ class _AttemptEmitter:
         pipe: Pipe[ChatChunk],
         scope: trio.CancelScope,
         timeouts: Timeouts,
+        *,
+        number: int = 0,
+        provider: LLM | None = None,
+        position: int = 0,
     ) -> None:
         self._stream = stream
         self._pipe = pipe
         self._scope = scope
+        self.number = number
+        self.provider = stream._llm if provider is None else provider
+        self.position = position  # in the stream's route (see _fallback.py)
+        # Another attempt won the commit point and cancelled this one (see _arbiter.py).
+        self.lost = False
+        # Finished without visible output, waiting to win by default (see _arbiter.py).
+        self.finished_empty = False
+        self.ended_at: float | None = None
+        # Set up failed (the caller's timeouts function raised): the attempt fails with it.
+        self.broken: Exception | None = None
         self._held: list[ChatChunk] = []
         self._paused = False
         # Visible output is being handed over (or was): the first-token limit is met.
@@ -349,9 +388,25 @@ class _AttemptEmitter:
             if chunk.usage is not None:
                 self.usage = chunk.usage
         if any(chunk.is_visible for chunk in chunks):
-            batch, self._held = self._held + list(chunks), []
             self._handing_visible = True
-            await self._deliver_visible(batch, visible_at=now)
+            arbiter = self._stream._arbiter
+            # One attempt at a time may hand output over before the commit (_arbiter.py).
+            if not arbiter.try_acquire(self):
+                # Another attempt is handing over: wait like backpressure (no limit runs).
+                self._paused = True
+                try:
+                    await arbiter.acquire(self)
+                except BaseException:
+                    self._handing_visible = False
+                    raise
+                finally:
+                    self._paused = False
+                    self.last_send_at = self._now()
+            try:
+                batch, self._held = self._held + list(chunks), []
+                await self._deliver_visible(batch, visible_at=now)
+            finally:
+                arbiter.release()
         else:
             self._held.extend(chunks)
             if len(self._held) > MAX_HELD_CHUNKS:
@@ -374,7 +429,7 @@ class _AttemptEmitter:
                 self._accept(batch)
                 self.first_visible_at = visible_at
                 self.committed = True
-                self._stream._on_commit()
+                self._stream._on_commit(self)
             else:
                 self._handing_visible = False
 
@@ -411,6 +466,10 @@ class _AttemptEmitter:
         self.first_token_deadline = math.inf
         self.first_event_deadline = math.inf
         self._idle = math.inf
+        if not self.committed:
+            # An empty response cannot win while another attempt may still produce output
+            # (returns at once when this is the only attempt).
+            await self._stream._arbiter.win_empty(self)
         if not self._held:
             self.finished = True
             return
@@ -427,6 +486,11 @@ class _AttemptEmitter:
                 self._accept(batch)
                 self.finished = True
 
+    def lose(self) -> None:
+        """Another attempt won the commit point: cancel this one (its connection closes)."""
+        self.lost = True
+        self._scope.cancel()
+
 
 @attrs.frozen
 class _StreamEnd:
@@ -436,13 +500,22 @@ class _StreamEnd:
     last_chunk_at: float | None
 
 
-_Observation = _AttemptEmitter | AttemptMetrics | _StreamEnd
+@attrs.frozen(eq=False)
+class _Outcome:
+    """How one attempt ended, reported by its task to the decision loop."""
+
+    emitter: _AttemptEmitter
+    error: BaseException | None
+    lost: bool  # cancelled because another attempt won the commit point
+
+
+_Observation = _AttemptEmitter | tuple[_AttemptEmitter, AttemptMetrics] | _StreamEnd
 
 
 class LLMStream:
     """A streaming chat completion: an async iterator of ``ChatChunk``.
 
-    Only ``open_llm_stream`` (or ``LLM.stream``) makes one; it lives inside that block. The
+    Only ``open_llm_stream`` makes one; it lives inside that block. The
     stream's error, if any, is raised once from iteration as one typed exception, after every
     chunk delivered before it. After iteration: ``collect()``, ``function_calls``, ``metrics``,
     ``status``.
@@ -474,6 +547,8 @@ class LLMStream:
         on_metrics: Sequence[MetricsCallback],
         buffer_size: int,
         rng: random.Random,
+        hedge: Hedge | None = None,
+        hold: bool = False,
     ) -> None:
         if _token is not _PRIVATE:
             raise TypeError("LLMStream has no public constructor; use open_llm_stream()")
@@ -516,6 +591,14 @@ class LLMStream:
         self._tool_scopes: set[trio.CancelScope] = set()
         self._started_at = 0.0
         self._committed_at: float | None = None
+        self._route = route_for(llm)
+        self._arbiter = Arbiter()
+        self._attempts_started = 0
+        self._hedge = hedge
+        # Held streams: set by adopt() or discard(); iteration waits for it.
+        self._gate: trio.Event | None = trio.Event() if hold else None
+        self._adopted = False
+        self._discarded = False
         # Built here, in the caller's task: its current span is the stream span's parent.
         self._telemetry = open_stream_telemetry(llm, request)
 
@@ -534,6 +617,9 @@ class LLMStream:
         if pos < len(buf):
             self._pos = pos + 1
             return buf[pos]
+        gate = self._gate
+        if gate is not None and not gate.is_set():
+            await gate.wait()  # held: nothing until adopt() or discard()
         batch = None if self._closed else await self._pipe.get()
         if batch is None:
             if not self._closed:
@@ -570,6 +656,48 @@ class LLMStream:
         """
         self._cancel()
         await self._finished.wait()
+
+    async def adopt(self) -> None:
+        """Adopt a held stream (``open_llm_stream(..., hold=True)``): from now on it delivers
+        like any stream, starting with what it buffered, and starts its tool calls as they
+        are delivered. Idempotent. Raises ``RuntimeError`` for a stream that is not held or
+        was discarded.
+
+        Cancellation: a checkpoint only; cancelled, the stream is adopted all the same.
+        """
+        if self._gate is None:
+            raise RuntimeError("adopt() is for streams opened with hold=True")
+        if self._discarded:
+            raise RuntimeError("the stream was discarded")
+        self._adopted = True
+        self._gate.set()
+        await trio.lowlevel.checkpoint()
+
+    async def discard(self) -> None:
+        """Throw a held stream away before adopting it: cancel its attempts (closing the
+        connection if it is still open) and record it once as ``DISCARDED``, with the usage
+        of its attempts. Iteration ends (nothing was delivered). Idempotent. Raises
+        ``RuntimeError`` for a stream that is not held or was already adopted (use
+        ``aclose()``).
+
+        Cancellation: as ``aclose()``: cancelling the wait leaves the block's exit to finish.
+        """
+        if self._gate is None:
+            raise RuntimeError("discard() is for streams opened with hold=True")
+        if self._adopted:
+            raise RuntimeError("the stream was adopted; use aclose() to stop it")
+        if not self._discarded and self._status is StreamStatus.RUNNING:
+            self._discarded = True
+            self._buf = []
+            self._closed = True
+            self._cancel()
+        self._gate.set()
+        await self._finished.wait()
+
+    @property
+    def held(self) -> bool:
+        """Whether the stream is held: opened with ``hold=True`` and not adopted yet."""
+        return self._gate is not None and not self._adopted
 
     @property
     def status(self) -> StreamStatus:
@@ -659,9 +787,11 @@ class LLMStream:
 
     # -- producer side -------------------------------------------------------------------------
 
-    def _on_commit(self) -> None:
+    def _on_commit(self, emitter: _AttemptEmitter) -> None:
         if self._committed_at is None:
             self._committed_at = trio.current_time()
+        # The attempt won: every other attempt is cancelled now, in this very step.
+        self._arbiter.commit(emitter)
 
     async def _run(self) -> None:
         """The attempt loop inside the stream's own cancel scope (``aclose`` cancels it)."""
@@ -711,96 +841,229 @@ class LLMStream:
             span.finished(handle.outcome)
             self._tool_scopes.discard(scope)
 
-    async def _attempt_loop(
-        self, obs: trio.MemorySendChannel[_Observation]
-    ) -> None:
-        options = self._options
+    async def _attempt_loop(self, obs: trio.MemorySendChannel[_Observation]) -> None:
+        """The decision loop: start attempts, hear how each ended, decide what comes next.
+
+        Without a hedge one attempt runs at a time, in this task (:meth:`_one_attempt`
+        returns its outcome); with one, attempts run as tasks of a nursery inside the stream's
+        scope and report their outcomes on a channel. Either way the loop alone decides
+        (:meth:`_decide`: the stream completed, it gives up, or the next attempt starts after
+        the backoff when the route wraps; with a hedge, also one more attempt beside the
+        running ones), it alone records attempts, so each is recorded exactly once, also when
+        the stream is cancelled, and it closes the pipe once, after the last attempt.
+        """
         self._started_at = trio.current_time()
         errors: list[APIError] = []
-        current: _AttemptEmitter | None = None
+        live: list[_AttemptEmitter] = []  # started, not yet recorded
         end: _StreamEnd | None = None
-        in_flight = False  # an attempt started and not yet recorded
-        attempt = 0
+        outcomes: trio.MemoryReceiveChannel[_Outcome] | None = None
+
+        def begin(position: int) -> _AttemptEmitter:
+            emitter = self._new_attempt(position)
+            live.append(emitter)
+            obs.send_nowait(emitter)  # the supervisor keeps its time limits
+            return emitter
+
         async with obs:
             try:
-                while True:
-                    timeouts = options.timeouts_for(attempt)
-                    error: BaseException | None = None
-                    scope = trio.CancelScope()
-                    emitter = current = _AttemptEmitter(self, self._pipe, scope, timeouts)
-                    in_flight = True
-                    obs.send_nowait(emitter)  # the supervisor keeps its time limits
-                    with scope:
-                        try:
-                            await self._llm.run_attempt(
-                                self._request, AttemptInfo(attempt, timeouts), emitter
-                            )
-                            await emitter.finish()
-                        except Exception as exc:
-                            error = exc
-                    if scope.cancelled_caught and error is None and not emitter.finished:
-                        # Only the supervisor cancels this scope, and it says why first.
-                        assert emitter.fired is not None
-                        limit, seconds = emitter.fired
-                        error = APITimeoutError(limit, seconds, request_id=emitter.request_id)
-                    duration = trio.current_time() - emitter.started_at
-                    request_id = emitter.request_id or getattr(error, "request_id", None)
-                    in_flight = False
-                    if error is None:
-                        obs.send_nowait(self._attempt_record(attempt, emitter, duration))
-                        end = _StreamEnd(
-                            StreamStatus.COMPLETED, None,
-                            emitter.first_visible_at, emitter.last_chunk_at,
-                        )
-                        return
-                    if isinstance(error, APIError):
-                        errors.append(error)
-                    decision = decide_retry(
-                        options,
-                        attempt=attempt,
-                        error=error,
-                        committed=emitter.committed,
-                        time_left=trio.current_effective_deadline() - trio.current_time(),
-                        rng=self._rng,
+                if self._hedge is None:
+                    # One attempt at a time, in this task: no task or channel per stream.
+                    position: int | None = 0
+                    while end is None:
+                        assert position is not None
+                        outcome = await self._one_attempt(begin(position))
+                        live.remove(outcome.emitter)
+                        end, position = await self._decide(outcome, live, errors, obs)
+                else:
+                    report, outcomes = trio.open_memory_channel[_Outcome](
+                        self._options.max_attempts
                     )
-                    backoff = decision.delay if isinstance(decision, Retry) else 0.0
-                    obs.send_nowait(
-                        self._attempt_record(
-                            attempt, emitter, duration, error=error, backoff=backoff,
-                            request_id=request_id,
-                        )
-                    )
-                    if isinstance(decision, Retry):
-                        logger.info(
-                            "%s: attempt %d failed (%s: %s); retrying in %.3fs",
-                            self._llm.label, attempt + 1, type(error).__name__, error,
-                            decision.delay,
-                        )
-                        await trio.sleep(decision.delay)
-                        attempt += 1
-                        continue
-                    end = self._give_up(error, errors, emitter, decision.reason)
-                    return
+                    async with trio.open_nursery() as attempts:
+
+                        def start(position: int) -> None:
+                            attempts.start_soon(self._attempt_task, begin(position), report)
+
+                        start(0)
+                        while end is None:
+                            arrived: _Outcome | None = None
+                            with trio.move_on_at(self._hedge_at(live)):
+                                arrived = await outcomes.receive()
+                            if arrived is None:  # a hedge is due (if it still is)
+                                if self._hedge_at(live) <= trio.current_time():
+                                    start(self._route.next_after(live[-1].position)[0] or 0)
+                                continue
+                            live.remove(arrived.emitter)
+                            # Outside the hedge's deadline: a backoff is never cut short.
+                            end, position = await self._decide(arrived, live, errors, obs)
+                            if position is not None:
+                                start(position)
+                        attempts.cancel_scope.cancel()  # attempts that lost the race
             except BaseException:
-                # Cancelled (the consumer left, aclose(), or the caller's scope): record the
-                # attempt in flight and end as cancelled, unless the stream had already ended.
+                # Cancelled (the consumer left, aclose(), discard(), the caller's scope):
+                # end as cancelled, unless the stream had already ended.
                 if end is None:
-                    if current is not None and in_flight:
-                        obs.send_nowait(
-                            self._attempt_record(
-                                attempt, current, trio.current_time() - current.started_at
-                            )
-                        )
+                    ref = self._arbiter.winner or (live[-1] if live else None)
+                    assert ref is None or isinstance(ref, _AttemptEmitter)
                     end = _StreamEnd(
                         StreamStatus.CANCELLED, None,
-                        current.first_visible_at if current else None,
-                        current.last_chunk_at if current else None,
+                        ref.first_visible_at if ref else None,
+                        ref.last_chunk_at if ref else None,
                     )
                 raise
             finally:
+                # Attempts still unrecorded (they lost, or the stream was cancelled): their
+                # outcome if they reported one, else cancelled in flight.
+                while outcomes is not None:
+                    try:
+                        leftover = outcomes.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    if leftover.emitter in live:
+                        live.remove(leftover.emitter)
+                        self._record(obs, leftover.emitter, error=leftover.error)
+                for emitter in live:
+                    self._record(obs, emitter)
                 assert end is not None
                 self._pipe.close()  # the consumer gets what is pending, then the end
                 obs.send_nowait(end)
+
+    def _new_attempt(self, position: int) -> _AttemptEmitter:
+        number = self._attempts_started
+        self._attempts_started += 1
+        route = self._route
+        broken: Exception | None = None
+        try:
+            timeouts = route.timeouts(position, number, self._options)
+        except Exception as exc:  # the caller's timeouts function: fails this attempt, in band
+            timeouts, broken = _NO_TIMEOUTS, exc
+        emitter = _AttemptEmitter(
+            self, self._pipe, trio.CancelScope(), timeouts,
+            number=number, provider=route.provider(position), position=position,
+        )
+        emitter.broken = broken
+        self._arbiter.enter(emitter)
+        return emitter
+
+    async def _attempt_task(
+        self, emitter: _AttemptEmitter, report: trio.MemorySendChannel[_Outcome]
+    ) -> None:
+        report.send_nowait(await self._one_attempt(emitter))
+
+    async def _one_attempt(self, emitter: _AttemptEmitter) -> _Outcome:
+        """Run one attempt to its outcome: success (``error`` None), its error, a fired time
+        limit (``APITimeoutError``) or lost (another attempt won the commit point).
+
+        Cancellation: the stream's cancellation propagates (the loop records the attempt as
+        cancelled in flight); only the supervisor (a time limit) and the arbiter (a lost
+        race) cancel the attempt's own scope, and those are outcomes.
+        """
+        error: BaseException | None = None
+        scope = emitter._scope
+        try:
+            with scope:
+                try:
+                    if emitter.broken is not None:
+                        raise emitter.broken
+                    await emitter.provider.run_attempt(
+                        self._request, AttemptInfo(emitter.number, emitter.timeouts), emitter
+                    )
+                    await emitter.finish()
+                except Exception as exc:
+                    error = exc
+        finally:
+            emitter.ended_at = trio.current_time()
+            self._arbiter.leave(emitter)
+        if scope.cancelled_caught and error is None and not emitter.finished:
+            if emitter.lost:
+                return _Outcome(emitter, None, lost=True)
+            # Only the supervisor cancels this scope otherwise, and it says why first.
+            assert emitter.fired is not None
+            limit, seconds = emitter.fired
+            error = APITimeoutError(limit, seconds, request_id=emitter.request_id)
+        return _Outcome(emitter, error, lost=False)
+
+    async def _decide(
+        self,
+        outcome: _Outcome,
+        live: list[_AttemptEmitter],
+        errors: list[APIError],
+        obs: trio.MemorySendChannel[_Observation],
+    ) -> tuple[_StreamEnd | None, int | None]:
+        """What follows ``outcome``: the stream's end, or the route position of the next
+        attempt (the backoff already slept), or neither (hedged attempts are still running
+        and carry on)."""
+        emitter, error, route = outcome.emitter, outcome.error, self._route
+        winner = self._arbiter.winner
+        if outcome.lost or (winner is not None and winner is not emitter):
+            # Lost the race (or ended as it was lost): the winner decides the stream.
+            if error is not None:
+                route.failed(emitter.position, error)
+            self._record(obs, emitter, error=error)
+            return None, None
+        if error is None:
+            route.succeeded(emitter.position)
+            self._record(obs, emitter)
+            return _StreamEnd(
+                StreamStatus.COMPLETED, None, emitter.first_visible_at, emitter.last_chunk_at
+            ), None
+        route.failed(emitter.position, error)
+        if isinstance(error, APIError):
+            errors.append(error)
+            if live and not emitter.committed:
+                # Hedged attempts are still running: they are the retry.
+                self._record(obs, emitter, error=error)
+                return None, None
+        position, step = route.next_after(emitter.position)
+        decision = decide_next(
+            self._options,
+            attempt=self._attempts_started - 1,
+            error=error,
+            committed=emitter.committed,
+            step=step,
+            round=route.wraps,
+            time_left=trio.current_effective_deadline() - trio.current_time(),
+            rng=self._rng,
+        )
+        if not isinstance(decision, Retry):
+            self._record(obs, emitter, error=error)
+            return self._give_up(error, errors, emitter, decision.reason), None
+        self._record(obs, emitter, error=error, backoff=decision.delay)
+        if step == "wrap":
+            logger.info(
+                "%s: attempt %d failed (%s: %s); retrying in %.3fs",
+                emitter.provider.label, emitter.number + 1, type(error).__name__, error,
+                decision.delay,
+            )
+        else:
+            assert position is not None
+            logger.info(
+                "%s: attempt %d failed (%s: %s); moving on to %s",
+                emitter.provider.label, emitter.number + 1, type(error).__name__, error,
+                route.provider(position).label,
+            )
+        if step == "wrap":
+            route.wraps += 1
+        await trio.sleep(decision.delay)
+        return None, position
+
+    def _hedge_at(self, live: list[_AttemptEmitter]) -> float:
+        """When the next hedged attempt is due (inf: none is)."""
+        hedge = self._hedge
+        if (
+            hedge is None
+            or not live
+            or len(live) >= hedge.max_in_flight
+            or self._attempts_started >= self._options.max_attempts
+            or self._arbiter.winner is not None
+            or self._route.next_after(live[-1].position)[0] is None
+        ):
+            return math.inf
+        for emitter in live:
+            # Output in hand (a slow consumer, a held stream) or an empty response waiting:
+            # a new attempt could not win sooner. Re-armed by the next outcome.
+            if emitter._handing_visible or emitter.finished_empty:
+                return math.inf
+        return live[-1].started_at + hedge.after
 
     def _give_up(
         self,
@@ -828,25 +1091,27 @@ class LLMStream:
                 error.add_note(f"after {len(errors)} attempts; earlier errors: {errors[:-1]!r}")
         return _StreamEnd(status, final, emitter.first_visible_at, emitter.last_chunk_at)
 
-    def _attempt_record(
+    def _record(
         self,
-        attempt: int,
+        obs: trio.MemorySendChannel[_Observation],
         emitter: _AttemptEmitter,
-        duration: float,
         *,
         error: BaseException | None = None,
         backoff: float = 0.0,
-        request_id: str | None = None,
-    ) -> AttemptMetrics:
-        return AttemptMetrics(
-            attempt=attempt,
-            request_id=request_id or emitter.request_id,
-            duration=duration,
+    ) -> None:
+        """Send the supervisor the one record of ``emitter``'s attempt."""
+        ended = emitter.ended_at if emitter.ended_at is not None else trio.current_time()
+        record = AttemptMetrics(
+            attempt=emitter.number,
+            request_id=emitter.request_id or getattr(error, "request_id", None),
+            duration=ended - emitter.started_at,
             error=error,
             usage=emitter.usage,
             backoff=backoff,
             committed=emitter.committed,
+            label=emitter.provider.label,
         )
+        obs.send_nowait((emitter, record))
 
     async def _supervise(self, obs: trio.MemoryReceiveChannel[_Observation]) -> None:
         """The metrics consumer, which also keeps the running attempt's time limits.
@@ -862,7 +1127,7 @@ class LLMStream:
         """
         attempts: list[AttemptMetrics] = []
         end: _StreamEnd | None = None
-        running: _AttemptEmitter | None = None
+        running: list[_AttemptEmitter] = []  # several while a hedge runs
         wake = math.inf
         with trio.CancelScope(shield=True):
             async with obs:
@@ -873,22 +1138,30 @@ class LLMStream:
                         except trio.EndOfChannel:
                             break
                         if isinstance(item, _AttemptEmitter):
-                            running = item
-                        elif isinstance(item, AttemptMetrics):
-                            attempts.append(item)
-                            running = None
-                            self._telemetry.attempt_finished(item)
+                            running.append(item)
+                        elif isinstance(item, tuple):
+                            emitter, record = item
+                            attempts.append(record)
+                            if emitter in running:
+                                running.remove(emitter)
+                            provider = emitter.provider
+                            if provider is self._llm:
+                                self._telemetry.attempt_finished(record)
+                            else:
+                                self._telemetry.attempt_finished(record, provider)
                         else:
                             end = item
-                    wake = math.inf if running is None else running.check_limits(
-                        trio.current_time()
-                    )
+                    now = trio.current_time()
+                    wake = min((e.check_limits(now) for e in running), default=math.inf)
             # The attempts are over; the stream's ending is decided by what the consumer
             # receives (the break rule). Cannot hang: the block's exit settles it.
             await self._settled.wait()
             if end is None:  # pragma: no cover - the loop always reports its end
                 end = _StreamEnd(StreamStatus.CANCELLED, None, None, None)
-            if end.status is not StreamStatus.CANCELLED and not self._end_received:
+            if self._discarded:
+                # Held and discarded: nothing was delivered; the one ending is DISCARDED.
+                end = attrs.evolve(end, status=StreamStatus.DISCARDED, error=None)
+            elif end.status is not StreamStatus.CANCELLED and not self._end_received:
                 # The consumer left before receiving the end: cancelled, whatever the
                 # attempts did (each attempt's own error stays in its AttemptMetrics).
                 end = attrs.evolve(end, status=StreamStatus.CANCELLED, error=None)
@@ -903,12 +1176,14 @@ class LLMStream:
 
     def _build_metrics(self, attempts: list[AttemptMetrics], end: _StreamEnd) -> LLMMetrics:
         now = trio.current_time()
+        attempts = sorted(attempts, key=lambda a: a.attempt)  # hedges end out of order
         usages = [a.usage for a in attempts if a.usage is not None]
         prompt = sum(u.prompt_tokens for u in usages)
         completion = sum(u.completion_tokens for u in usages)
         total = sum(u.total_tokens for u in usages)
         tps: float | None = None
-        last_usage = attempts[-1].usage if attempts else None
+        served = next((a for a in attempts if a.committed), attempts[-1] if attempts else None)
+        last_usage = served.usage if served is not None else None
         if (
             last_usage is not None
             and end.first_visible_at is not None
@@ -950,14 +1225,43 @@ class LLMStream:
 
     def _deliver_metrics(self, metrics: LLMMetrics) -> None:
         seen: set[int] = set()
-        for callback in (*self._on_metrics, *self._llm.metrics_listeners):
+        deliveries: list[tuple[MetricsCallback, LLMMetrics]] = [
+            (callback, metrics) for callback in (*self._on_metrics, *self._llm.metrics_listeners)
+        ]
+        if isinstance(self._llm, FallbackLLM):
+            # Each provider's own listeners hear of their attempts only (see FallbackLLM).
+            for provider in self._llm.llms:
+                own = provider.metrics_listeners
+                if own:
+                    narrowed = _narrow(metrics, provider.label)
+                    if narrowed is not None:
+                        deliveries.extend((callback, narrowed) for callback in own)
+        for callback, record in deliveries:
             if id(callback) in seen:
                 continue
             seen.add(id(callback))
             try:
-                callback(metrics)
+                callback(record)
             except Exception:
                 logger.exception("on_metrics callback %r raised; ignored", callback)
+
+
+def _narrow(metrics: LLMMetrics, label: str) -> LLMMetrics | None:
+    """``metrics`` as one provider of a fallback sees it: its attempts only (None if it
+    served none)."""
+    attempts = tuple(a for a in metrics.attempts if a.label == label)
+    if not attempts:
+        return None
+    usages = [a.usage for a in attempts if a.usage is not None]
+    return attrs.evolve(
+        metrics,
+        label=label,
+        attempts=attempts,
+        request_ids=tuple(a.request_id for a in attempts if a.request_id is not None),
+        prompt_tokens=sum(u.prompt_tokens for u in usages),
+        completion_tokens=sum(u.completion_tokens for u in usages),
+        total_tokens=sum(u.total_tokens for u in usages),
+    )
 
 
 _PRIVATE = object()
@@ -997,6 +1301,8 @@ async def open_llm_stream(
     extra: Mapping[str, Any] | None = None,
     buffer_size: int = DEFAULT_BUFFER_SIZE,
     rng: random.Random | None = None,
+    hedge: Hedge | None = None,
+    hold: bool = False,
 ) -> AsyncIterator[LLMStream]:
     """Open a streaming chat completion of ``chat_ctx`` from ``llm``.
 
@@ -1016,6 +1322,23 @@ async def open_llm_stream(
     (before it, every hand-off waits until the consumer has taken the chunks, so the commit
     point is exact whatever the size); 0 makes every hand-off wait. ``rng`` drives the
     backoff jitter (for tests).
+
+    ``llm`` may be a ``FallbackLLM``: the attempts then move through its providers (see
+    ``FallbackLLM``); ``max_retry`` is one budget across them.
+
+    ``hedge=Hedge(after=s)``: when the newest attempt has delivered no visible output ``s``
+    seconds in, another starts beside it (the next provider of a ``FallbackLLM``, else the
+    same LLM), up to ``max_in_flight``; the first whose visible output the consumer takes
+    wins and the others are cancelled and recorded. An empty response wins only when no
+    other attempt is left that could produce output.
+
+    ``hold=True``: the stream runs but delivers nothing and starts no tool until
+    ``await stream.adopt()``; ``await stream.discard()`` throws it away (status
+    ``DISCARDED``). Iterating a held stream waits for one of the two. It buffers its chunks up
+    to and including its first visible batch, then waits there (backpressure: no time limit
+    runs while it waits; the rest of the response waits in the connection); an attempt that
+    fails before adoption is retried as usual, invisibly. Leaving the block of a stream never
+    adopted nor discarded is a cancellation (``CANCELLED``).
 
     Cancellation: leaving the block by ``break``, exception or outside cancellation cancels
     the request and tool calls and records the stream as cancelled, unless the consumer had
@@ -1048,6 +1371,8 @@ async def open_llm_stream(
         on_metrics=callbacks,
         buffer_size=buffer_size,
         rng=rng or _system_random,
+        hedge=hedge,
+        hold=hold,
     )
     async with open_owner_nursery(stream._exit) as nursery:
         stream._nursery = nursery

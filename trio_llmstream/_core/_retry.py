@@ -15,19 +15,36 @@ that long, so we never retry sooner; but a request to wait longer than ``retry_a
 not something to sleep through inside one stream (a quota reset in ten minutes, say): we give
 up at once, and the error keeps its ``retry_after`` so that the caller can reschedule. If the
 delay would outlast the caller's deadline, we give up at once rather than sleep into a timeout.
+
+Several providers (``FallbackLLM``) share one budget of attempts. The next attempt goes to the
+next provider still worth asking in this stream: ``decide_next`` is told only whether that is a
+*fresh* step (the next provider in the order: no backoff, since a different server owes us
+nothing for the previous one's failure, and its ``Retry-After`` is not ours either) or a *wrap*
+(the order starts over, so a server that failed is asked again: the backoff of round ``k``, the
+number of wraps before this one). With a single provider every retry is a wrap and round ``k``
+is the attempt number, so ``decide_retry`` is ``decide_next`` for one provider.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from typing import Literal
 
 import attrs
 
 from .._exceptions import APIError
 from .._options import APIConnectOptions
 
-__all__ = ["GiveUp", "Retry", "RetryDecision", "backoff_delay", "decide_retry"]
+__all__ = [
+    "GiveUp",
+    "Retry",
+    "RetryDecision",
+    "Step",
+    "backoff_delay",
+    "decide_next",
+    "decide_retry",
+]
 
 
 @attrs.frozen
@@ -54,6 +71,12 @@ def backoff_delay(options: APIConnectOptions, attempt: int, rng: random.Random) 
     return min(options.max_retry_interval, base) * rng.uniform(0.5, 1.0)
 
 
+#: How the next attempt would move through the providers: to the next one in the order
+#: ("next"), back to the start of the order ("wrap"), or nowhere (None: no provider is left
+#: that a retry could help).
+Step = Literal["next", "wrap"] | None
+
+
 def decide_retry(
     options: APIConnectOptions,
     *,
@@ -69,24 +92,60 @@ def decide_retry(
     another attempt is allowed, the server did not ask to wait longer than
     ``options.retry_after_cap``, and the delay fits in ``time_left`` (the caller's deadline).
     """
+    retryable = isinstance(error, APIError) and error.retryable
+    return decide_next(
+        options,
+        attempt=attempt,
+        error=error,
+        committed=committed,
+        step="wrap" if retryable else None,
+        round=attempt,
+        time_left=time_left,
+        rng=rng,
+    )
+
+
+def decide_next(
+    options: APIConnectOptions,
+    *,
+    attempt: int,
+    error: BaseException,
+    committed: bool,
+    step: Step,
+    round: int,
+    time_left: float = math.inf,
+    rng: random.Random,
+) -> RetryDecision:
+    """Decide whether another attempt follows the failed one, and after how long.
+
+    ``attempt`` is the 0-based number of the last attempt started (the budget used);
+    ``step`` says where the next attempt would go (see ``Step``; the caller knows which
+    providers are left), ``round`` how many times the order has wrapped before. A fresh
+    provider is asked at once; a wrap waits the backoff of ``round`` (or the server's
+    ``Retry-After``, within ``retry_after_cap``). Never after the commit, never for an error
+    that is not an ``APIError`` (a bug), never past the budget or the caller's deadline.
+    """
     if not isinstance(error, APIError):
         return GiveUp("not an API error")
     if committed:
         return GiveUp("output was already delivered")
-    if not error.retryable:
+    if step is None:
         return GiveUp("error is not retryable")
     if attempt + 1 >= options.max_attempts:
         return GiveUp("no attempts left")
-    retry_after = getattr(error, "retry_after", None)
-    if isinstance(retry_after, int | float) and retry_after >= 0:
-        delay = float(retry_after)
-        if delay > options.retry_after_cap:
-            return GiveUp(
-                f"the server asked to wait {delay:g}s before retrying, more than "
-                f"retry_after_cap={options.retry_after_cap:g}s"
-            )
+    if step == "next":
+        delay = 0.0
     else:
-        delay = backoff_delay(options, attempt, rng)
+        retry_after = getattr(error, "retry_after", None)
+        if isinstance(retry_after, int | float) and retry_after >= 0:
+            delay = float(retry_after)
+            if delay > options.retry_after_cap:
+                return GiveUp(
+                    f"the server asked to wait {delay:g}s before retrying, more than "
+                    f"retry_after_cap={options.retry_after_cap:g}s"
+                )
+        else:
+            delay = backoff_delay(options, round, rng)
     if delay >= time_left:
         return GiveUp("the caller's deadline leaves no time for another attempt")
     return Retry(delay)

@@ -33,7 +33,7 @@ import trio
 
 from .._llm import LLM, MetricsCallback
 from .._models import ChatChunk, ChatContext, CollectedResponse, LLMMetrics, ToolChoice
-from .._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+from .._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Hedge
 from .._stream import DEFAULT_BUFFER_SIZE, LLMStream, open_llm_stream
 from .._util import InBandError, NoPublicConstructor, open_owner_nursery
 from ._execute import DEFAULT_TOOL_OPTIONS, ToolCallHandle, ToolOptions, ToolOutcome
@@ -190,6 +190,7 @@ async def open_tool_loop(
     extra: Mapping[str, Any] | None = None,
     buffer_size: int = DEFAULT_BUFFER_SIZE,
     rng: random.Random | None = None,
+    hedge: Hedge | None = None,
 ) -> AsyncIterator[ToolLoop]:
     """Stream responses from ``llm``, running their tool calls, until the model stops calling.
 
@@ -212,7 +213,8 @@ async def open_tool_loop(
     ``max_steps``), ``conn_options`` (retries and time limits of each step), ``temperature``,
     ``parallel_tool_calls``, ``tool_options`` (calls run eagerly by default; an ``on_start``
     given there is called too), ``on_metrics`` (gets every step's metrics), ``extra``,
-    ``buffer_size`` and ``rng``. There is no ``n``: the loop continues one conversation.
+    ``buffer_size``, ``rng`` and ``hedge``. There is no ``n``: the loop continues one
+    conversation, and no ``hold``: a loop's steps are delivered as they come.
 
     Raises ``ValueError`` for ``max_steps < 1`` or ``buffer_size < 0``, and ``TypeError`` or
     ``ValueError`` for a tool that cannot be made, when the block is entered.
@@ -240,6 +242,7 @@ async def open_tool_loop(
             extra=extra,
             buffer_size=buffer_size,
             rng=rng,
+            hedge=hedge,
         )
 
     loop = ToolLoop._create()

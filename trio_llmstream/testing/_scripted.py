@@ -15,13 +15,16 @@ lands at that same instant, the batch is still handed to the emitter (where the 
 then lands), as for a real read woken with data in the scheduler batch of the cancellation.
 
 Keying the script by attempt number (not by call order) keeps it deterministic when many
-streams share one ``ScriptedLLM`` concurrently.
+streams share one ``ScriptedLLM`` concurrently. Behind a ``FallbackLLM`` (or with hedging) a
+provider serves only some attempt numbers of a stream; ``by="call"`` plays the ``k``-th entry
+for this instance's ``k``-th attempt instead (its own fault plan, one stream at a time).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from typing import Literal
 
 import attrs
 import trio
@@ -109,11 +112,20 @@ class ScriptedLLM(LLM):
     leaked); ``cancelled`` counts attempts that ended by cancellation.
     """
 
-    def __init__(self, script: Sequence[ScriptedAttempt], *, label: str = "scripted") -> None:
+    def __init__(
+        self,
+        script: Sequence[ScriptedAttempt],
+        *,
+        label: str = "scripted",
+        by: Literal["attempt", "call"] = "attempt",
+    ) -> None:
         super().__init__(label=label)
         if not script:
             raise ValueError("a script needs at least one attempt")
+        if by not in ("attempt", "call"):
+            raise ValueError("by must be 'attempt' or 'call'")
         self.script = tuple(script)
+        self.by = by
         self.calls: list[tuple[ChatRequest, int]] = []
         self.running = 0
         self.cancelled = 0
@@ -121,8 +133,9 @@ class ScriptedLLM(LLM):
     async def run_attempt(
         self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
     ) -> None:
+        index = attempt.number if self.by == "attempt" else len(self.calls)
         self.calls.append((request, attempt.number))
-        plan = self.script[min(attempt.number, len(self.script) - 1)]
+        plan = self.script[min(index, len(self.script) - 1)]
         fault = plan.fault
         limit = len(plan.chunks) if fault is None else min(fault.after, len(plan.chunks))
         size = max(1, plan.batch_size)
