@@ -300,6 +300,8 @@ class ChatRequest:
     n: int | None = None
     parallel_tool_calls: bool | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The most output tokens to generate (each provider's own parameter), None: its default.
+    max_tokens: int | None = None
 
 
 @attrs.frozen

@@ -71,7 +71,7 @@ import math
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, final
 
 import attrs
 import trio
@@ -115,7 +115,7 @@ from ._tools._execute import (
     run_tool_call,
 )
 from ._tools._function import FunctionTool, as_function_tool
-from ._util import open_owner_nursery
+from ._util import InBandError, NoPublicConstructor, open_owner_nursery
 
 __all__ = ["LLMStream", "open_llm_stream"]
 
@@ -512,7 +512,8 @@ class _Outcome:
 _Observation = _AttemptEmitter | tuple[_AttemptEmitter, AttemptMetrics] | _StreamEnd
 
 
-class LLMStream:
+@final
+class LLMStream(metaclass=NoPublicConstructor):
     """A streaming chat completion: an async iterator of ``ChatChunk``.
 
     Only ``open_llm_stream`` makes one; it lives inside that block. The
@@ -532,13 +533,14 @@ class LLMStream:
       outside cancellation or ``aclose()``, even if the response had fully arrived (then
       ``error`` is None; each attempt's own error stays in ``metrics.attempts``).
 
-    Until then ``status`` is ``RUNNING`` and ``metrics`` is None.
+    Until then ``status`` is ``RUNNING`` (and reading ``metrics`` is a ``RuntimeError``).
     """
+
+    _made_by = "open_llm_stream()"
 
     def __init__(
         self,
         *,
-        _token: object,
         llm: LLM,
         request: ChatRequest,
         conn_options: APIConnectOptions,
@@ -550,8 +552,6 @@ class LLMStream:
         hedge: Hedge | None = None,
         hold: bool = False,
     ) -> None:
-        if _token is not _PRIVATE:
-            raise TypeError("LLMStream has no public constructor; use open_llm_stream()")
         self._llm = llm
         self._request = request
         self._options = conn_options
@@ -572,8 +572,7 @@ class LLMStream:
         self._pos = 0
         self._acc = _Accumulator()
         self._status = StreamStatus.RUNNING
-        self._error: BaseException | None = None
-        self._error_raised = False
+        self._failure: InBandError[BaseException] = InBandError()
         self._closed = False
         self._metrics: LLMMetrics | None = None
         self._finished = trio.Event()
@@ -627,10 +626,7 @@ class LLMStream:
                 self._end_received = True
                 self._settled.set()
             await self._finished.wait()
-            error = self._error
-            if error is not None and not self._error_raised and not self._closed:
-                self._error_raised = True
-                raise error
+            self._failure.raise_once(closed=self._closed)
             raise StopAsyncIteration
         self._buf = batch
         self._pos = 1
@@ -708,7 +704,7 @@ class LLMStream:
     @property
     def error(self) -> BaseException | None:
         """The error that ended the stream, if any."""
-        return self._error
+        return self._failure.error
 
     @property
     def metrics(self) -> LLMMetrics:
@@ -1166,7 +1162,7 @@ class LLMStream:
                 # attempts did (each attempt's own error stays in its AttemptMetrics).
                 end = attrs.evolve(end, status=StreamStatus.CANCELLED, error=None)
             self._status = end.status
-            self._error = end.error
+            self._failure.error = end.error
             try:
                 self._metrics = self._build_metrics(attempts, end)
                 self._finish_telemetry(self._metrics, end)
@@ -1264,7 +1260,6 @@ def _narrow(metrics: LLMMetrics, label: str) -> LLMMetrics | None:
     )
 
 
-_PRIVATE = object()
 
 
 def _tool_map(
@@ -1294,6 +1289,7 @@ async def open_llm_stream(
     tool_choice: ToolChoice | None = None,
     conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     temperature: float | None = None,
+    max_tokens: int | None = None,
     n: int | None = None,
     parallel_tool_calls: bool | None = None,
     tool_options: ToolOptions = DEFAULT_TOOL_OPTIONS,
@@ -1312,16 +1308,29 @@ async def open_llm_stream(
             async for chunk in stream:
                 print(chunk.text, end="")
 
-    Nothing starts before the block is entered and nothing outlives it. Retries follow
-    ``conn_options`` and happen only while no visible output has reached the consumer.
-    ``on_metrics`` callbacks (and the LLM's own listeners) get the stream's ``LLMMetrics``
-    exactly once, however it ends. ``tools`` are ``FunctionTool``s (run by the stream: calls
-    start as soon as they are delivered, per ``tool_options``), plain functions (made into
-    tools by ``function_tool``) or bare ``ToolSpec``s (only described to the model).
-    ``buffer_size`` bounds the chunks that may wait for the consumer *after* the commit point
-    (before it, every hand-off waits until the consumer has taken the chunks, so the commit
-    point is exact whatever the size); 0 makes every hand-off wait. ``rng`` drives the
-    backoff jitter (for tests).
+    Nothing starts before the block is entered and nothing outlives it. Parameters:
+
+    - ``llm``: the provider (any ``LLM``; a ``FallbackLLM`` for several, see below);
+    - ``chat_ctx``: the conversation so far (copied when the block is entered);
+    - ``tools``: ``FunctionTool``s (run by the stream: calls start as soon as they are
+      delivered, per ``tool_options``), plain functions (made into tools by
+      ``function_tool``) or bare ``ToolSpec``s (only described to the model);
+    - ``tool_choice``: ``"auto"``, ``"required"``, ``"none"`` or ``NamedToolChoice(name)``;
+    - ``conn_options``: retries (only while no visible output has reached the consumer),
+      backoff and the per-attempt time limits (``Timeouts``);
+    - ``temperature``, ``max_tokens`` (the most output tokens: each provider's own
+      parameter), ``n`` (choices; chat completions and Gemini) and ``parallel_tool_calls``:
+      sent when given, else the server's defaults;
+    - ``tool_options``: how tool calls run (eagerly, timeouts, concurrency, ``on_start``,
+      what leaving the block does to them);
+    - ``on_metrics``: callbacks that get the stream's ``LLMMetrics`` exactly once, however
+      it ends (besides the LLM's own listeners);
+    - ``extra``: more fields for the request body, as the provider's wire format names them;
+    - ``buffer_size``: the chunks that may wait for the consumer *after* the commit point
+      (before it, every hand-off waits until the consumer has taken the chunks, so the
+      commit point is exact whatever the size); 0 makes every hand-off wait;
+    - ``rng``: drives the backoff jitter (for tests);
+    - ``hedge`` and ``hold``: below.
 
     ``llm`` may be a ``FallbackLLM``: the attempts then move through its providers (see
     ``FallbackLLM``); ``max_retry`` is one budget across them.
@@ -1360,9 +1369,9 @@ async def open_llm_stream(
         n=n,
         parallel_tool_calls=parallel_tool_calls,
         extra=dict(extra or {}),
+        max_tokens=max_tokens,
     )
-    stream = LLMStream(
-        _token=_PRIVATE,
+    stream = LLMStream._create(
         llm=llm,
         request=request,
         conn_options=conn_options,

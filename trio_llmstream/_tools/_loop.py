@@ -184,6 +184,7 @@ async def open_tool_loop(
     tool_choice: ToolChoice | None = None,
     conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     temperature: float | None = None,
+    max_tokens: int | None = None,
     parallel_tool_calls: bool | None = None,
     tool_options: ToolOptions = DEFAULT_TOOL_OPTIONS,
     on_metrics: MetricsCallback | Sequence[MetricsCallback] | None = None,
@@ -210,9 +211,9 @@ async def open_tool_loop(
 
     The other parameters are those of :func:`open_llm_stream` and apply to every step's
     stream: ``tool_choice`` (for every step: forcing a call makes the loop run to
-    ``max_steps``), ``conn_options`` (retries and time limits of each step), ``temperature``,
-    ``parallel_tool_calls``, ``tool_options`` (calls run eagerly by default; an ``on_start``
-    given there is called too), ``on_metrics`` (gets every step's metrics), ``extra``,
+    ``max_steps``), ``conn_options`` (retries and time limits of each step),
+    ``temperature``, ``max_tokens``, ``parallel_tool_calls``, ``tool_options`` (calls run
+    eagerly by default; an ``on_start`` given there is called too), ``on_metrics`` (gets every step's metrics), ``extra``,
     ``buffer_size``, ``rng`` and ``hedge``. There is no ``n``: the loop continues one
     conversation, and no ``hold``: a loop's steps are delivered as they come.
 
@@ -236,6 +237,7 @@ async def open_tool_loop(
             tool_choice=tool_choice,
             conn_options=conn_options,
             temperature=temperature,
+            max_tokens=max_tokens,
             parallel_tool_calls=parallel_tool_calls,
             tool_options=options,
             on_metrics=on_metrics,

@@ -237,7 +237,7 @@ class AnthropicLLM(LLM):
         system, messages = build_messages(request.messages)
         body: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": self.max_tokens,
+            "max_tokens": request.max_tokens or self.max_tokens,
             "messages": messages,
             "stream": True,
         }

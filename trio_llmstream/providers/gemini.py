@@ -337,8 +337,9 @@ class GeminiLLM(LLM):
             generation["temperature"] = request.temperature
         if request.n is not None:
             generation["candidateCount"] = request.n
-        if self._max_output_tokens is not None:
-            generation["maxOutputTokens"] = self._max_output_tokens
+        max_tokens = request.max_tokens or self._max_output_tokens
+        if max_tokens is not None:
+            generation["maxOutputTokens"] = max_tokens
         if self._include_thoughts:
             generation["thinkingConfig"] = {"includeThoughts": True}
         if generation:

@@ -532,6 +532,10 @@ class OpenAILLM(LLM):
             body["tool_choice"] = choice
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            # The parameter every OpenAI-compatible server accepts; OpenAI's reasoning models
+            # want max_completion_tokens instead (pass it in ``extra``).
+            body["max_tokens"] = request.max_tokens
         if request.n is not None:
             body["n"] = request.n
         if request.parallel_tool_calls is not None and request.tools:
