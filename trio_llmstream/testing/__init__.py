@@ -7,6 +7,13 @@
   responses and faults over real HTTP, with builders for realistic chunk streams.
 """
 
+from ._responses import DEFAULT_RESPONSE_ID as DEFAULT_RESPONSE_ID
+from ._responses import ResponsesEvent as ResponsesEvent
+from ._responses import responses_error_event as responses_error_event
+from ._responses import responses_failed_event as responses_failed_event
+from ._responses import responses_stream as responses_stream
+from ._responses import responses_text_stream as responses_text_stream
+from ._responses import responses_tool_call_stream as responses_tool_call_stream
 from ._script import DEFAULT_COMPLETION_ID as DEFAULT_COMPLETION_ID
 from ._script import DEFAULT_CREATED as DEFAULT_CREATED
 from ._script import DEFAULT_MODEL as DEFAULT_MODEL
@@ -48,6 +55,7 @@ __all__ = [
     "DEFAULT_COMPLETION_ID",
     "DEFAULT_CREATED",
     "DEFAULT_MODEL",
+    "DEFAULT_RESPONSE_ID",
     "Delay",
     "DoneEvent",
     "DropConnection",
@@ -64,6 +72,7 @@ __all__ = [
     "RecordedRequest",
     "ResponseLike",
     "ResponseOutcome",
+    "ResponsesEvent",
     "ScriptedAttempt",
     "ScriptedLLM",
     "ServerFault",
@@ -74,6 +83,11 @@ __all__ = [
     "inject_fault",
     "json_response",
     "open_mock_server",
+    "responses_error_event",
+    "responses_failed_event",
+    "responses_stream",
+    "responses_text_stream",
+    "responses_tool_call_stream",
     "sse_response",
     "text_chunks",
     "text_stream",
