@@ -264,16 +264,17 @@ def responses_stream(
                 "text": text, "logprobs": [],
             }
         )
-        part = {"type": "output_text", "annotations": [], "text": text}
+        text_part = {"type": "output_text", "annotations": [], "text": text}
         seq.add(
             {
                 "type": "response.content_part.done",
-                "item_id": mid, "output_index": index, "content_index": 0, "part": part,
+                "item_id": mid, "output_index": index, "content_index": 0,
+                "part": text_part,
             }
         )
         message = {
             "id": mid, "type": "message", "status": "completed", "role": "assistant",
-            "content": [part],
+            "content": [text_part],
         }
         seq.add({"type": "response.output_item.done", "output_index": index, "item": message})
         output.append(message)
