@@ -83,6 +83,7 @@ from ._tools._schema import Param as Param
 from ._tools._validate import ToolArgumentError as ToolArgumentError
 from ._tools._validate import validate_arguments as validate_arguments
 from .providers.openai import OpenAILLM as OpenAILLM
+from .providers.responses import OpenAIResponsesLLM as OpenAIResponsesLLM
 
 __version__ = "0.1.0"
 
@@ -116,6 +117,7 @@ __all__ = [
     "MappedTurn",
     "NamedToolChoice",
     "OpenAILLM",
+    "OpenAIResponsesLLM",
     "Param",
     "ProviderError",
     "ProviderItem",
