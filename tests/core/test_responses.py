@@ -30,7 +30,7 @@ from trio_llmstream import (
     StreamTruncatedError,
 )
 from trio_llmstream._core._parser import EventStreamParser
-from trio_llmstream._core._responses import ResponsesAssembler
+from trio_llmstream._core._responses import ResponsesAssembler, ResponsesParser
 from trio_llmstream.testing import (
     MockResponse,
     responses_error_event,
@@ -75,9 +75,17 @@ class Outcome:
         return None, None
 
 
-def parse(body: bytes, reads: Sequence[int] | None = None, **kwargs: Any) -> Outcome:
-    """Run ``body`` through the shared parser and the Responses assembler, cut at ``reads``."""
-    parser = EventStreamParser(ResponsesAssembler(**kwargs))
+def parse(
+    body: bytes, reads: Sequence[int] | None = None, *, shortcut: bool = True, **kwargs: Any
+) -> Outcome:
+    """Run ``body`` through ``ResponsesParser`` (or, without the ``shortcut``, the shared
+    ``EventStreamParser`` and the assembler), cut at ``reads``."""
+    sse_limits = {k: kwargs.pop(k) for k in ("max_line_size", "max_event_size") if k in kwargs}
+    parser: ResponsesParser | EventStreamParser
+    if shortcut:
+        parser = ResponsesParser(**sse_limits, **kwargs)
+    else:
+        parser = EventStreamParser(ResponsesAssembler(**kwargs), **sse_limits)
     chunks: list[ChatChunk] = []
     pos = i = 0
     while pos < len(body):
@@ -491,9 +499,9 @@ def test_call_completed_at_the_terminal_when_its_item_never_ended() -> None:
 # -- lifecycle, progress, odd input ---------------------------------------------------------------
 
 
-def test_lifecycle_events_produce_nothing_but_are_progress() -> None:
-    asm = ResponsesAssembler()
-    parser = EventStreamParser(asm)
+@pytest.mark.parametrize("shortcut", [True, False])
+def test_lifecycle_events_produce_nothing_but_are_progress(shortcut: bool) -> None:
+    parser = ResponsesParser() if shortcut else EventStreamParser(ResponsesAssembler())
     lifecycle = sse(
         CREATED, {"type": "response.in_progress"}, {"type": "response.queued"},
         {"type": "response.output_item.added", "item": {"type": "message", "id": "m"}},
@@ -562,12 +570,20 @@ def test_bounds_must_be_positive() -> None:
         ResponsesAssembler(max_parts=0)
 
 
-def test_sse_bounds_reported_after_earlier_chunks() -> None:
-    big = sse(text_delta("a")) + b"data: " + b"x" * 5000 + b"\n\n"
-    parser = EventStreamParser(ResponsesAssembler(), max_line_size=1000, max_event_size=1000)
-    chunks = parser.feed(big)
-    assert [k.text for k in chunks] == ["a"]
-    assert isinstance(parser.error, StreamProtocolError)
+@pytest.mark.parametrize("shortcut", [True, False])
+@pytest.mark.parametrize("tail", [b"data: " + b"x" * 5000 + b"\n\n", b"data: " + b"x" * 5000])
+def test_sse_bounds_reported_after_earlier_chunks(shortcut: bool, tail: bytes) -> None:
+    big = sse(text_delta("a")) + tail
+    out = parse(big, shortcut=shortcut, max_line_size=1000, max_event_size=1000)
+    assert [k.text for k in out.chunks] == ["a"]
+    assert out.error is StreamProtocolError
+
+
+def test_large_reads_are_windowed_and_stop_at_the_terminal() -> None:
+    data = body(responses_stream(text="x" * 200_000, chunk_size=50)) + b"garbage" * 100_000
+    out = parse(data)
+    assert (out.error, len(out.text)) == (None, 200_000)
+    assert out == parse(data, [70_000])
 
 
 # -- chunking ----------------------------------------------------------------------------------
@@ -586,6 +602,8 @@ def test_transcripts_under_whole_byte_by_byte_and_crlf(name: str) -> None:
     assert parse(crlf(data)) == whole
     assert parse(crlf(data), [1]) == whole
     assert parse(data.replace(b"\n", b"\r")) == whole
+    assert parse(data, shortcut=False) == whole
+    assert parse(b"\xef\xbb\xbf" + data, [3]) == whole
 
 
 @pytest.mark.parametrize("name", ["reasoning", "text_then_tool"])
@@ -594,7 +612,7 @@ def test_every_single_split_point(name: str) -> None:
     data = crlf(TRANSCRIPTS[name])
     whole = parse(data)
     for cut in range(1, len(data)):
-        parser = EventStreamParser(ResponsesAssembler())
+        parser = ResponsesParser()
         chunks = parser.feed(data[:cut]) + parser.feed(data[cut:]) + parser.end()
         assert chunks == whole.chunks, cut
 
@@ -675,3 +693,70 @@ def test_any_bytes_end_with_nothing_or_one_typed_error(data: bytes, reads: list[
     if out.error is None:
         assert out.finish[0] in {"stop", "length", "tool_calls", "content_filter"}
 
+
+
+# -- the framing shortcut against the shared decoder -----------------------------------------------
+
+
+@st.composite
+def sse_bodies(draw: st.DrawFn) -> bytes:
+    """Responses events in every SSE form the decoder accepts, and some it rejects."""
+    blocks = []
+    for _ in range(draw(st.integers(0, 10))):
+        payload = json.dumps(draw(_events))
+        kind = draw(st.sampled_from(
+            ["named"] * 5 + ["data", "nospace", "id", "multiline", "comment", "blank", "empty_name",
+             "spaced_name", "bad_utf8", "no_data", "two_names", "bom_mid"]
+        ))
+        name = "error" if draw(st.integers(0, 5)) == 0 else "response.x"
+        if kind == "named":
+            blocks.append(f"event: {name}\ndata: {payload}\n\n".encode())
+        elif kind == "data":
+            blocks.append(f"data: {payload}\n\n".encode())
+        elif kind == "nospace":
+            blocks.append(f"event:{name}\ndata:{payload}\n\n".encode())
+        elif kind == "id":
+            blocks.append(f"id: 7\nevent: {name}\ndata: {payload}\n\n".encode())
+        elif kind == "multiline":
+            blocks.append(f"event: {name}\ndata: {{\ndata: \"type\": \"x\"}}\n\n".encode())
+        elif kind == "comment":
+            blocks.append(b": keep-alive\n\n")
+        elif kind == "blank":
+            blocks.append(b"\n")
+        elif kind == "empty_name":
+            blocks.append(f"event: \ndata: {payload}\n\n".encode())
+        elif kind == "spaced_name":
+            blocks.append(f"event:  {name}\ndata:  {payload}\n\n".encode())
+        elif kind == "bad_utf8":
+            blocks.append(b"event: err\xffor\ndata: " + payload.encode()[:-1] + b'\xff"}\n\n')
+        elif kind == "no_data":
+            blocks.append(f"event: {name}\n\n".encode())
+        elif kind == "two_names":
+            blocks.append(f"event: a\nevent: {name}\ndata: {payload}\n\n".encode())
+        else:
+            blocks.append(f"\ufeffevent: {name}\ndata: {payload}\n\n".encode())
+    data = b"".join(blocks)
+    style = draw(st.sampled_from(["lf", "lf", "crlf", "cr", "late_crlf"]))
+    if style == "crlf":
+        data = data.replace(b"\n", b"\r\n")
+    elif style == "cr":
+        data = data.replace(b"\n", b"\r")
+    elif style == "late_crlf":
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + data[at:].replace(b"\n", b"\r\n")
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    if draw(st.integers(0, 9)) == 0:
+        data = b"\xef\xbb\xbf" + data
+    return data
+
+
+@given(data=sse_bodies(), reads=reads_strategy, small=st.booleans())
+def test_shortcut_matches_the_shared_decoder_on_any_input(
+    data: bytes, reads: list[int], small: bool
+) -> None:
+    limits = {"max_line_size": 120, "max_event_size": 100} if small else {}
+    expected = parse(data, shortcut=False, **limits)
+    assert parse(data, **limits) == expected
+    assert parse(data, reads, **limits) == expected
+    assert parse(data, [1], **limits) == expected

@@ -91,9 +91,9 @@ from ._openai import (
     _reason,
     _utf8_len,
 )
-from ._sse import ServerSentEvent
+from ._sse import WINDOW, ServerSentEvent, SSEDecoder
 
-__all__ = ["DEFAULT_MAX_PARTS", "PROVIDER", "ResponsesAssembler"]
+__all__ = ["DEFAULT_MAX_PARTS", "PROVIDER", "ResponsesAssembler", "ResponsesParser"]
 
 #: ``ProviderItem.provider`` of the items this protocol records.
 PROVIDER: Final = "openai.responses"
@@ -202,6 +202,8 @@ class ResponsesAssembler:
 
     __slots__ = (
         "_calls",
+        "_last_index",
+        "_last_item",
         "_made_calls",
         "_max_parts",
         "_max_tool_argument_bytes",
@@ -235,6 +237,9 @@ class ResponsesAssembler:
         # Output parts that received a delta: (kind, item id, part index). The .done rule.
         self._parts: set[tuple[str, str, int]] = set()
         self._made_calls = False
+        # The text part of the last text delta (marked already): see _feed_batch.
+        self._last_item: str | None = None
+        self._last_index: int | None = None
         self._refused = False
         self._seq: int | None = None
         self._rid = ""
@@ -285,19 +290,84 @@ class ResponsesAssembler:
 
     # -- events -----------------------------------------------------------------------------------
 
-    def _event(self, name: str, data: str, out: list[ChatChunk]) -> None:
+    def _feed_batch(self, batch: list[tuple[bytes, bytes]], out: list[ChatChunk]) -> None:
+        # Events from ResponsesParser's framing shortcut, (name, data) as bytes not yet decoded
+        # from UTF-8: what feed_events does for them, with the text delta of a part already
+        # seen (almost every event of a stream) handled inline.
+        if self.finished:
+            return
+        self.progress += 1
+        decode = _decode_event
+        append = out.append
+        for name, data in batch:
+            try:
+                wire = decode(data)
+            except _JSON_ERRORS:
+                wire = None
+            if wire is not None and wire.type == _TEXT_DELTA:
+                seq = wire.sequence_number
+                last = self._seq
+                delta = wire.delta
+                if (
+                    (seq is None or last is None or seq > last)
+                    and wire.item_id == self._last_item
+                    and wire.content_index == self._last_index
+                ):
+                    if seq is not None:
+                        self._seq = seq
+                    if delta:
+                        # _text, inlined.
+                        d = FillDelta()
+                        d.role = None
+                        d.content = delta
+                        d.tool_calls = []
+                        d.reasoning = None
+                        d.provider_items = ()
+                        d.__class__ = ChoiceDelta
+                        c = FillChoice()
+                        c.delta = d
+                        c.index = 0
+                        c.finish_reason = None
+                        c.native_finish_reason = None
+                        c.__class__ = Choice
+                        k = FillChunk()
+                        k.request_id = self._rid
+                        k.choices = [c]
+                        k.usage = None
+                        k.__class__ = ChatChunk
+                        append(k)
+                    continue
+            try:
+                self._event(name.decode("utf-8", "replace") or "message", data, out)
+            except APIError as exc:
+                self.fail(exc)
+            if self.finished:
+                return
+
+    def _event(self, name: str, data: str | bytes, out: list[ChatChunk]) -> None:
         try:
             wire = _decode_event(data)
         except _JSON_ERRORS as exc:
-            self._odd(name, data, exc)
-            return
+            if isinstance(data, str):
+                self._odd(name, data, exc)
+                return
+            # Bytes from the shortcut: judge them as the SSE decoder would have decoded them
+            # (invalid UTF-8 replaced), which may well be a valid event.
+            data = data.decode("utf-8", "replace")
+            try:
+                wire = _decode_event(data)
+            except _JSON_ERRORS as exc_text:
+                self._odd(name, data, exc_text)
+                return
         kind = wire.type
         if kind is None:
             if name == "error":
-                self.fail(self._error_event(wire, data))
+                text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+                self.fail(self._error_event(wire, text))
                 return
+            text = data if isinstance(data, str) else data.decode("utf-8", "replace")
             raise StreamProtocolError(
-                f"an event without a type: {_excerpt(data)}", request_id=self.request_id
+                f"an event without a type: {_excerpt(text)}", request_id=self.request_id
             )
         seq = wire.sequence_number
         if seq is not None:
@@ -310,10 +380,12 @@ class ResponsesAssembler:
                 )
             self._seq = seq
         if kind == _TEXT_DELTA:
-            # The hot path: one text delta.
             delta = wire.delta
             if delta:
                 self._mark("t", wire.item_id, wire.content_index)
+                # The part the fast path of _feed_batch recognises as already marked.
+                self._last_item = wire.item_id
+                self._last_index = wire.content_index
                 self._text(delta, None, out)
             return
         if kind == _SUMMARY_DELTA:
@@ -654,3 +726,223 @@ _HANDLERS: Final = {
     "response.failed": ResponsesAssembler._failed,
     "error": ResponsesAssembler._error,
 }
+
+
+# -- the bytes level ------------------------------------------------------------------------------
+
+
+class ResponsesParser:
+    """Bytes of a Responses body -> ``ChatChunk``s: the contract of
+    :class:`~trio_llmstream._core._parser.EventStreamParser` (``feed`` per read, ``end``,
+    ``finished``/``error``/``progress``/``usage``/``request_id``; nothing raises; the same
+    output under any chunking), with a framing shortcut.
+
+    Framing every event through the ``SSEDecoder`` (lines, fields, one ``ServerSentEvent`` and
+    its strings per event) costs three times what decoding the event's JSON does. But nearly
+    every block the Responses API sends is exactly ``event: <name>\\ndata: <json>``. So, as long
+    as the stream is LF-only (no CR seen) and did not start with a possible BOM, complete
+    blocks are cut at ``\\n\\n`` and a block of that form (or a lone ``data: `` line, or a
+    one-line comment, which changes nothing) no longer than the SSE bounds is handed to the
+    assembler directly, its JSON as bytes; any other block goes to the decoder whole, at a
+    block boundary, where the decoder's state is what it would have been had it seen
+    everything (the chat parser's rule, ``_core/_openai.py``). A CR, a possible BOM or an
+    unfinished block longer than the bounds hands all further input to the decoder for good.
+    Reads longer than a window are fed a window at a time (bounded working memory). The tests
+    check the shortcut against the plain decoder on arbitrary input under any chunking.
+    Synchronous and free of I/O: no cancellation behaviour.
+    """
+
+    __slots__ = ("_fast", "_limit", "_pending", "_primed", "_started", "_window", "assembler",
+                 "decoder")
+
+    def __init__(
+        self,
+        *,
+        max_line_size: int = 1 << 20,
+        max_event_size: int = 1 << 20,
+        max_tool_argument_bytes: int = DEFAULT_MAX_TOOL_ARGUMENT_BYTES,
+        max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
+        max_parts: int = DEFAULT_MAX_PARTS,
+    ) -> None:
+        self.assembler = ResponsesAssembler(
+            max_tool_argument_bytes=max_tool_argument_bytes,
+            max_tool_calls=max_tool_calls,
+            max_parts=max_parts,
+        )
+        self.decoder = SSEDecoder(max_line_size, max_event_size)
+        self._fast = True
+        # A block at most this long is within both SSE bounds, whatever it holds.
+        self._limit = min(max_line_size, max_event_size)
+        self._window = min(self._limit, WINDOW)
+        self._pending = bytearray()
+        self._started = False
+        self._primed = False
+
+    @property
+    def finished(self) -> bool:
+        return self.assembler.finished
+
+    @property
+    def error(self) -> APIError | None:
+        return self.assembler.error
+
+    @property
+    def progress(self) -> int:
+        return self.assembler.progress
+
+    @property
+    def usage(self) -> CompletionUsage | None:
+        return self.assembler.usage
+
+    @property
+    def request_id(self) -> str | None:
+        return self.assembler.request_id
+
+    def feed(self, data: bytes) -> list[ChatChunk]:
+        """Process the next read; return the chunks it completes. Input after the stream
+        finished is ignored."""
+        asm = self.assembler
+        out: list[ChatChunk] = []
+        if asm.finished or not data:
+            return out
+        if type(data) is not bytes:
+            data = bytes(data)
+        if not self._fast:
+            self._to_decoder(data, out)
+            return out
+        if not self._started:
+            self._started = True
+            if data[0] == 0xEF:
+                # Perhaps a BOM: the decoder's business, from the very first byte.
+                self._primed = True
+                self._leave_fast(data, out)
+                return out
+        if 13 in data:
+            self._leave_fast(data, out)
+            return out
+        window = self._window
+        if len(data) > window:
+            for start in range(0, len(data), window):
+                out += self.feed(data[start : start + window])
+                if asm.finished:
+                    break
+            return out
+        pending = self._pending
+        start = len(pending)
+        pending += data
+        cut = pending.rfind(b"\n\n", start - 1 if start > 1 else 0)
+        if cut < 0:
+            if len(pending) > self._limit:
+                self._leave_fast(b"", out)
+            return out
+        region = bytes(pending[:cut])
+        del pending[: cut + 2]
+        self._blocks(region, out)
+        if len(pending) > self._limit and not asm.finished:
+            self._leave_fast(b"", out)
+        return out
+
+    def _blocks(self, region: bytes, out: list[ChatChunk]) -> None:
+        # Whole blocks (separators cut off), from a block boundary, in order.
+        asm = self.assembler
+        limit = self._limit
+        batch: list[tuple[bytes, bytes]] = []
+        for block in region.split(b"\n\n"):
+            if not block:
+                continue
+            if len(block) <= limit:
+                nl = block.find(10)
+                if nl < 0:
+                    if block.startswith(b"data: "):
+                        batch.append((b"", block[6:]))
+                        continue
+                    if block.startswith(b"data:"):
+                        batch.append((b"", block[5:]))
+                        continue
+                    if block.startswith(b":"):
+                        continue
+                elif (
+                    block.startswith(b"event: ")
+                    and block.startswith(b"data: ", nl + 1)
+                    and block.find(10, nl + 1) < 0
+                ):
+                    batch.append((block[7:nl], block[nl + 7 :]))
+                    continue
+            if batch:
+                asm._feed_batch(batch, out)
+                batch = []
+                if asm.finished:
+                    return
+            self._prime()
+            self._to_decoder(block + b"\n\n", out)
+            if asm.finished:
+                return
+        if batch:
+            asm._feed_batch(batch, out)
+
+    def end(self) -> list[ChatChunk]:
+        """The body ended: an unterminated last block is discarded (the SSE rules), then the
+        assembler decides between a proper ending and truncation. Idempotent."""
+        asm = self.assembler
+        out: list[ChatChunk] = []
+        if asm.finished:
+            return out
+        if self._fast and self._pending:
+            self._leave_fast(b"", out)
+        if not asm.finished:
+            try:
+                events = self.decoder.end()
+            except StreamProtocolError as exc:
+                asm.fail(exc)
+                return out
+            except RuntimeError:  # end() called again
+                events = []
+            out += asm.feed_events(events)
+        if not asm.finished:
+            out += asm.end()
+        return out
+
+    def _prime(self) -> None:
+        # The decoder only ever sees input from a block boundary; a leading blank line (a no-op
+        # by the SSE rules) settles its BOM check, so a later block's bytes are never taken for
+        # the stream's BOM.
+        if not self._primed:
+            self._primed = True
+            self.decoder.feed(b"\n")
+
+    def _leave_fast(self, data: bytes, out: list[ChatChunk]) -> None:
+        self._fast = False
+        self._prime()
+        pending = self._pending
+        self._pending = bytearray()
+        if pending:
+            self._to_decoder(bytes(pending), out)
+        if data and not self.assembler.finished:
+            self._to_decoder(data, out)
+
+    def _to_decoder(self, data: bytes, out: list[ChatChunk]) -> None:
+        window = self._window
+        for start in range(0, len(data), window):
+            self._decode(data[start : start + window], out)
+            if self.assembler.finished:
+                return
+
+    def _decode(self, data: bytes, out: list[ChatChunk]) -> None:
+        decoder = self.decoder
+        asm = self.assembler
+        try:
+            events = decoder.feed(data)
+        except StreamProtocolError as exc:
+            asm.fail(exc)
+            return
+        deferred: StreamProtocolError | None = None
+        if events:
+            # The decoder returns the events before a bound violation and raises it on the
+            # next call: ask at once, so the error is reported with this read.
+            try:
+                decoder.feed(b"")
+            except StreamProtocolError as exc:
+                deferred = exc
+        out += asm.feed_events(events)
+        if deferred is not None and not asm.finished:
+            asm.fail(deferred)

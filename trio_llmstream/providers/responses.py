@@ -42,8 +42,7 @@ import httpx
 import msgspec
 import trio
 
-from .._core._parser import EventStreamParser
-from .._core._responses import PROVIDER, ResponsesAssembler
+from .._core._responses import PROVIDER, ResponsesParser
 from .._exceptions import StreamProtocolError
 from .._llm import ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
@@ -236,7 +235,7 @@ class OpenAIResponsesLLM(OpenAILLM):
         # The chat provider's read loop with the Responses parser: progress-based sends (a read
         # that completed no event is not progress), a bound on quiet bytes, a cancellation
         # check between reads, and a short drain after the terminal event.
-        parser = EventStreamParser(ResponsesAssembler())
+        parser = ResponsesParser()
         quiet = 0
         identity = decode is _identity_windows
         async for data in reads:
