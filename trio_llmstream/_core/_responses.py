@@ -299,15 +299,15 @@ class ResponsesAssembler:
         self.progress += 1
         decode = _decode_event
         append = out.append
+        text_delta = _TEXT_DELTA
         for name, data in batch:
             try:
                 wire = decode(data)
             except _JSON_ERRORS:
                 wire = None
-            if wire is not None and wire.type == _TEXT_DELTA:
+            if wire is not None and wire.type == text_delta:
                 seq = wire.sequence_number
                 last = self._seq
-                delta = wire.delta
                 if (
                     (seq is None or last is None or seq > last)
                     and wire.item_id == self._last_item
@@ -315,6 +315,7 @@ class ResponsesAssembler:
                 ):
                     if seq is not None:
                         self._seq = seq
+                    delta = wire.delta
                     if delta:
                         # _text, inlined.
                         d = FillDelta()
