@@ -348,3 +348,61 @@ def test_a_recorded_turn_replays_byte_equal(
             assert data.encode() in replay  # ...and sent back exactly
 
     trio.run(main)
+
+
+# -- the mock server's faults on a Responses transcript ------------------------------------------
+
+FAULTS = [
+    ("drop", "APIConnectionError", StreamStatus.FAILED),
+    ("stall", "APITimeoutError", StreamStatus.FAILED),
+    ("error_event", "ProviderError", StreamStatus.FAILED),
+    ("truncate", "StreamTruncatedError", StreamStatus.TRUNCATED),
+]
+
+
+@pytest.mark.parametrize(("fault", "cause", "status"), FAULTS)
+async def test_fault_before_commit_is_retried_once(
+    server: MockLLMServer, llm: OpenAIResponsesLLM, fault: str, cause: str, status: StreamStatus
+) -> None:
+    # After the four lifecycle events: nothing visible yet.
+    server.enqueue(inject_fault(responses_text_stream(TEXT), fault, after=4),  # type: ignore[arg-type]
+                   responses_text_stream(TEXT))
+    async with open_llm_stream(llm, chat_ctx=ctx(), conn_options=OPTIONS) as stream:
+        texts = [c.text async for c in stream]
+    assert "".join(texts) == TEXT
+    assert stream.status is StreamStatus.COMPLETED
+    assert [type(a.error).__name__ for a in stream.metrics.attempts] == [cause, "NoneType"]
+
+
+@pytest.mark.parametrize(("fault", "cause", "status"), FAULTS)
+async def test_fault_after_commit_interrupts(
+    server: MockLLMServer, llm: OpenAIResponsesLLM, fault: str, cause: str, status: StreamStatus
+) -> None:
+    server.enqueue(
+        inject_fault(responses_text_stream(TEXT, chunk_size=4), fault, after=7),  # type: ignore[arg-type]
+        responses_text_stream(TEXT),
+    )
+    async with open_llm_stream(llm, chat_ctx=ctx(), conn_options=OPTIONS) as stream:
+        with pytest.raises(StreamInterrupted) as info:
+            await stream.collect()
+    assert type(info.value.cause).__name__ == cause
+    assert info.value.partial.text == TEXT[:12]
+    assert stream.status is status
+    assert len(server.chat_requests) == 1
+
+
+async def test_status_errors_reuse_the_chat_classification(
+    server: MockLLMServer, llm: OpenAIResponsesLLM
+) -> None:
+    from trio_llmstream import APIStatusError
+    from trio_llmstream.testing import error_response
+
+    server.enqueue(error_response(429, "slow down", retry_after=0.05), responses_text_stream(TEXT))
+    async with open_llm_stream(llm, chat_ctx=ctx(), conn_options=OPTIONS) as stream:
+        assert (await stream.collect()).text == TEXT
+    server.enqueue(error_response(400, "bad input sk-resp-e2e", type="invalid_request_error"))
+    async with open_llm_stream(llm, chat_ctx=ctx(), conn_options=OPTIONS) as stream:
+        with pytest.raises(APIStatusError) as info:
+            await stream.collect()
+    assert "sk-resp-e2e" not in str(info.value)  # the key echoed back is redacted
+    assert len(server.chat_requests) == 3
