@@ -354,6 +354,26 @@ def test_done_without_deltas_is_passed_on_once() -> None:
     assert out.calls == [FunctionCall("c", "f", '{"k": 1}')]
 
 
+@pytest.mark.parametrize("shortcut", [True, False])
+def test_deltas_without_ids_are_not_repeated_by_their_done(shortcut: bool) -> None:
+    # A compatible server that omits item_id and content_index: the .done still repeats.
+    bare = [{"type": "response.output_text.delta", "delta": d} for d in ("Hel", "lo")]
+    done = {"type": "response.output_text.done", "text": "Hello"}
+    out = parse(sse(*bare, done, COMPLETED), shortcut=shortcut)
+    assert (out.text, out.error) == ("Hello", None)
+
+
+def test_a_call_never_named_is_a_protocol_error_at_the_end() -> None:
+    out = parse(sse(args_delta("fc_x", "{}"), COMPLETED))
+    assert out.error is StreamProtocolError
+    assert "without a name" in (out.message or "")
+
+
+def test_a_call_without_arguments_is_delivered_at_the_end() -> None:
+    out = parse(sse(call_added("fc", "c", "ping"), COMPLETED))
+    assert out.calls == [FunctionCall("c", "ping", "")]
+
+
 def test_raw_reasoning_deltas() -> None:
     delta = {"type": "response.reasoning_text.delta", "item_id": "rs", "content_index": 0,
              "delta": "hmm"}
@@ -414,6 +434,9 @@ def test_response_failed() -> None:
         "par", ProviderError, "model crashed", True)
     out = parse(body(responses_stream(text="x", ending="failed")))
     assert out.error is ProviderError
+    # The usage so far comes in a chunk of its own, before the error: the failed attempt's.
+    assert out.chunks[-1].usage == out.usage
+    assert out.chunks[-1].choices == []
     assert out.usage is not None
     assert out.usage.source == "provider_partial"
     out = parse(sse({"type": "response.failed",

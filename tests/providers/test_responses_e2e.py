@@ -406,3 +406,17 @@ async def test_status_errors_reuse_the_chat_classification(
             await stream.collect()
     assert "sk-resp-e2e" not in str(info.value)  # the key echoed back is redacted
     assert len(server.chat_requests) == 3
+
+
+async def test_a_failed_attempt_keeps_its_partial_usage(
+    server: MockLLMServer, llm: OpenAIResponsesLLM
+) -> None:
+    server.enqueue(responses_stream(ending="failed"), responses_text_stream(TEXT))
+    async with open_llm_stream(llm, chat_ctx=ctx(), conn_options=OPTIONS) as stream:
+        assert (await stream.collect()).text == TEXT
+    failed, ok = stream.metrics.attempts
+    assert isinstance(failed.error, ProviderError)
+    assert failed.usage is not None
+    assert failed.usage.source == "provider_partial"
+    assert ok.usage is not None
+    assert ok.usage.source == "provider"

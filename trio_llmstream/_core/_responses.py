@@ -146,6 +146,7 @@ class _WireItem(msgspec.Struct, gc=False):
 
 
 _NO_RAW: Final = msgspec.Raw(b"")
+_NOTHING: Final = object()
 
 
 class _WireEvent(msgspec.Struct, gc=False):
@@ -237,9 +238,10 @@ class ResponsesAssembler:
         # Output parts that received a delta: (kind, item id, part index). The .done rule.
         self._parts: set[tuple[str, str, int]] = set()
         self._made_calls = False
-        # The text part of the last text delta (marked already): see _feed_batch.
-        self._last_item: str | None = None
-        self._last_index: int | None = None
+        # The text part of the last text delta (marked already): see _feed_batch. Nothing at
+        # first, not even "no item id": a part is marked before the fast path may skip it.
+        self._last_item: object = _NOTHING
+        self._last_index: object = _NOTHING
         self._refused = False
         self._seq: int | None = None
         self._rid = ""
@@ -632,10 +634,17 @@ class ResponsesAssembler:
 
     def _finish(self, wire: _WireEvent, out: list[ChatChunk], finish: str, native: str) -> None:
         self._response_seen(wire, out)
-        # Calls whose arguments ended but whose item never did are complete now.
-        for call in self._calls.values():
-            if not call.delivered and call.name and call.call_id and call.parts:
-                self._deliver(call, out)
+        # Calls whose item never ended are complete now; one that never got its name or call
+        # id (deltas for an item never announced) could not be executed.
+        for item_id, call in self._calls.items():
+            if call.delivered:
+                continue
+            if not call.name or not call.call_id:
+                raise StreamProtocolError(
+                    f"function call {item_id!r} ended without a name or call_id",
+                    request_id=self.request_id,
+                )
+            self._deliver(call, out)
         usage = self._usage(wire.response)
         self.finish_reason = finish
         self.native_finish_reason = native
@@ -651,7 +660,7 @@ class ResponsesAssembler:
         self._finish(wire, out, finish, "refusal" if self._refused else "completed")
 
     def _pending_calls(self) -> bool:
-        return any(c.name and c.call_id and not c.delivered for c in self._calls.values())
+        return any(not c.delivered for c in self._calls.values())
 
     def _incomplete(self, wire: _WireEvent, out: list[ChatChunk]) -> None:
         response = wire.response
@@ -662,8 +671,11 @@ class ResponsesAssembler:
     def _failed(self, wire: _WireEvent, out: list[ChatChunk]) -> None:
         self._response_seen(wire, out)
         response = wire.response
-        # What the failed response had used so far.
-        self._usage(response, "provider_partial")
+        # What the failed response had used so far, in a chunk of its own before the error:
+        # the runtime records it as the failed attempt's usage.
+        usage = self._usage(response, "provider_partial")
+        if usage is not None:
+            out.append(make_chunk(self._rid, [], usage))
         err = response.error if response is not None else None
         self.fail(self._error_value(err, "the response failed"))
 
