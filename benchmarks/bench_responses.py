@@ -17,7 +17,8 @@ in the same run, best of several rounds each, rounds interleaved:
   with every event framed by the shared ``SSEDecoder`` (``EventStreamParser``), for comparison;
 - floor: split the body on blank lines, take each block's ``data:`` line, decode it with
   msgspec into a two-field Struct (type, delta), append the text deltas. No SSE rules, no
-  validation, no objects: the bare work;
+  validation, no objects: the bare work. Also the chat benchmark's floor (``orjson.loads`` to a
+  dict per event) for comparison with ``bench_assembly.py``;
 - openai-python, parsing only: its ``SSEDecoder.iter_bytes`` over the same reads, ``sse.json()``
   and ``construct_type(ResponseStreamEvent)`` per event (what its ``Stream`` does per event);
 - openai-python, the client: ``OpenAI(http_client=httpx2.Client(transport=MockTransport))``,
@@ -40,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec
+import orjson
 
 from trio_llmstream import ChatChunk
 from trio_llmstream._core._parser import EventStreamParser
@@ -174,6 +176,26 @@ def run_floor(reads: list[bytes]) -> str:
     return "".join(parts)
 
 
+def run_floor_orjson(reads: list[bytes]) -> str:
+    # The chat benchmark's floor (bench_assembly.py): a dict per event, for comparison.
+    buffer = b""
+    parts = []
+    for data in reads:
+        buffer += data
+        if b"\n\n" not in buffer:
+            continue
+        blocks = buffer.split(b"\n\n")
+        buffer = blocks.pop()
+        for block in blocks:
+            event = orjson.loads(block[block.index(b"data: ") + 6 :])
+            kind = event["type"]
+            if kind == "response.output_text.delta":
+                parts.append(event["delta"])
+            elif kind == "response.completed":
+                return "".join(parts)
+    return "".join(parts)
+
+
 def run_sdk_parse(reads: list[bytes]) -> str:
     parts = []
     for sse in OpenAISSEDecoder().iter_bytes(iter(reads)):
@@ -238,6 +260,7 @@ def main() -> None:
         "ours (ResponsesParser)": run_ours,
         "ours, SSEDecoder framing": run_ours_via_decoder,
         "floor (split + msgspec)": run_floor,
+        "split + orjson dict": run_floor_orjson,
     }
     if openai is not None:
         pipelines["openai-python, parse only"] = run_sdk_parse
