@@ -94,7 +94,7 @@ async def test_text_reasoning_usage(server: MockLLMServer, llm: OpenAIResponsesL
     body = request.json
     assert body["stream"] is True
     assert body["store"] is False
-    assert body["include"] == ["reasoning.encrypted_content"]
+    assert "include" not in body  # not a reasoning model as far as we know: no include
     assert body["model"] == "gpt-mock"
     assert body["input"] == [
         {"type": "message", "role": "system", "content": "Be brief."},
@@ -257,6 +257,9 @@ def test_body_options_and_tool_choice() -> None:
     assert llm.otel_provider_name == "openai"
     assert llm.base_url == "https://api.openai.com/v1"
     assert OpenAIResponsesLLM("m", include=[]).build_body(request).get("include") is None
+    reasoning = OpenAIResponsesLLM("o4-mini", reasoning={"effort": "low"})
+    assert reasoning.build_body(request)["include"] == ["reasoning.encrypted_content"]
+    assert OpenAIResponsesLLM("o4-mini", include=["x"]).build_body(request)["include"] == ["x"]
     for choice in ("auto", "required", "none"):
         assert llm.build_body(ChatRequest(messages=(), tool_choice=choice))["tool_choice"] == choice
     with pytest.raises(ValueError, match="n must be 1"):
@@ -266,6 +269,27 @@ def test_body_options_and_tool_choice() -> None:
 def test_api_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-123456")
     assert OpenAIResponsesLLM("m")._headers["authorization"] == "Bearer sk-from-env-123456"
+
+
+def test_unstored_reasoning_without_encrypted_content_is_rebuilt() -> None:
+    from trio_llmstream.providers.responses import input_items
+
+    reasoning = '{"type":"reasoning","id":"rs_1","summary":[]}'
+    call = '{"type":"function_call","id":"fc_1","call_id":"c1","name":"f","arguments":"{}"}'
+    message = ChatMessage(
+        role="assistant",
+        tool_calls=(FunctionCall("c1", "f", "{}"),),
+        provider_items=(
+            ProviderItem("openai.responses", "reasoning", reasoning),
+            ProviderItem("openai.responses", "function_call", call),
+        ),
+    )
+    rebuilt = [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}]
+    assert input_items([message]) == rebuilt
+    # Stored, the ids resolve server-side: the recorded items go back as they are.
+    assert [bytes(i) for i in input_items([message], store=True)] == [
+        reasoning.encode(), call.encode()
+    ]
 
 
 def test_dropped_calls_and_foreign_items_are_not_replayed() -> None:
@@ -297,7 +321,7 @@ _json_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), ma
 @settings(max_examples=15, deadline=None)
 @given(
     summary=_json_text,
-    encrypted=_json_text,
+    encrypted=_json_text.filter(bool),
     arguments=st.dictionaries(_json_text, _json_text, max_size=3),
     spacing=st.sampled_from([None, 0, 2]),
     ascii_only=st.booleans(),

@@ -18,7 +18,10 @@ The request
   the ``function_call`` items), sent back byte-equal; its text as an assistant message item,
   placed before its first function call (where the Responses API put it); and a
   ``function_call`` item for each tool call no recorded item covers. A recorded call the
-  message no longer carries is not sent (an application may drop calls from history).
+  message no longer carries is not sent (an application may drop calls from history). With
+  ``store`` False a reasoning item can only go back with its ``encrypted_content``, and a
+  recorded call only with its reasoning item: if any reasoning item lacks it, the turn is
+  sent rebuilt from its text and calls instead, which the API accepts.
 - Tools in the flat form ``{"type": "function", "name", "description", "parameters",
   "strict": false}``: the Responses API makes function tools strict by default, which would
   refuse every schema that is not written for strict mode; ``strict_tools=True`` asks for it.
@@ -27,9 +30,10 @@ The request
 - ``store`` is False by default: the conversation lives in the caller's ``ChatContext``, and
   nothing is kept server-side that the caller did not ask for. Reasoning items can then only be
   replayed with their encrypted content, so ``include`` defaults to
-  ``["reasoning.encrypted_content"]`` when ``store`` is False (pass ``include=[]`` for servers
-  that reject the field). ``reasoning`` (e.g. ``{"effort": "low", "summary": "auto"}``) and
-  ``max_output_tokens`` are passed when given; ``extra_body`` and ``ChatRequest.extra`` are
+  ``["reasoning.encrypted_content"]`` when ``store`` is False and ``reasoning`` is given (a
+  reasoning model: the others refuse the field with a 400); pass ``include`` to choose.
+  ``reasoning`` (e.g. ``{"effort": "low", "summary": "auto"}``) and ``max_output_tokens`` are
+  passed when given; ``extra_body`` and ``ChatRequest.extra`` are
   merged last. ``n`` greater than 1 is not supported by the Responses API: a ``ValueError``.
 """
 
@@ -45,7 +49,7 @@ import trio
 from .._core._responses import PROVIDER, ResponsesParser
 from .._exceptions import StreamProtocolError
 from .._llm import ChunkEmitter
-from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
+from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice, ProviderItem
 from .openai import (
     DRAIN_BYTES,
     DRAIN_SECONDS,
@@ -60,25 +64,44 @@ __all__ = ["OpenAIResponsesLLM"]
 _ENCRYPTED_REASONING = "reasoning.encrypted_content"
 
 
-def _decoded_call_id(data: str) -> str | None:
-    # The call_id of a recorded function_call item (None if it is not one we can read).
+def _decoded(data: str) -> dict[str, Any]:
+    # A recorded item as JSON ({} if it is not an object we can read).
     try:
         value = msgspec.json.decode(data)
     except (msgspec.MsgspecError, RecursionError, ValueError, OverflowError):
-        return None
-    call_id = value.get("call_id") if isinstance(value, dict) else None
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _decoded_call_id(data: str) -> str | None:
+    call_id = _decoded(data).get("call_id")
     return call_id if isinstance(call_id, str) else None
 
 
-def _assistant_items(message: ChatMessage) -> list[Any]:
+def _replayable(items: Sequence[ProviderItem], store: bool) -> bool:
+    # Unstored, a reasoning item can only be sent back with its encrypted content (an id alone
+    # is "not found"); and a recorded call without the reasoning item it followed is refused
+    # ("provided without its required 'reasoning' item"). So if one reasoning item cannot go
+    # back, none of the recorded items do: the turn is rebuilt from its text and calls.
+    if store:
+        return True
+    return all(
+        _decoded(item.data).get("encrypted_content")
+        for item in items
+        if item.kind == "reasoning"
+    )
+
+
+def _assistant_items(message: ChatMessage, store: bool) -> list[Any]:
     """The input items of one assistant message (see the module docstring)."""
     out: list[Any] = []
     wanted = {call.call_id for call in message.tool_calls}
     covered: set[str] = set()
     text_placed = not message.content
-    for item in message.provider_items:
-        if item.provider != PROVIDER:
-            continue
+    recorded = [item for item in message.provider_items if item.provider == PROVIDER]
+    if not _replayable(recorded, store):
+        recorded = []
+    for item in recorded:
         if item.kind == "function_call":
             call_id = _decoded_call_id(item.data)
             if call_id is None or call_id not in wanted or call_id in covered:
@@ -108,12 +131,12 @@ def _text_message(role: str, content: str | None) -> dict[str, Any]:
     return {"type": "message", "role": role, "content": content or ""}
 
 
-def input_items(messages: Sequence[ChatMessage]) -> list[Any]:
+def input_items(messages: Sequence[ChatMessage], *, store: bool = False) -> list[Any]:
     """A conversation as Responses ``input`` items (recorded items as ``msgspec.Raw``)."""
     out: list[Any] = []
     for message in messages:
         if message.role == "assistant":
-            out.extend(_assistant_items(message))
+            out.extend(_assistant_items(message, store))
         elif message.role == "tool":
             out.append(
                 {
@@ -172,7 +195,9 @@ class OpenAIResponsesLLM(OpenAILLM):
         self._url = f"{self.base_url}/responses"
         self._store = store
         if include is None:
-            include = () if store else (_ENCRYPTED_REASONING,)
+            # Only for reasoning models: the others answer 400 "Encrypted content is not
+            # supported with this model" (pydantic-ai #2865).
+            include = (_ENCRYPTED_REASONING,) if not store and reasoning is not None else ()
         self._include = list(include)
         self._reasoning = dict(reasoning) if reasoning is not None else None
         self._max_output_tokens = max_output_tokens
@@ -191,7 +216,7 @@ class OpenAIResponsesLLM(OpenAILLM):
             raise ValueError("the Responses API returns one output per request (n must be 1)")
         body: dict[str, Any] = {
             "model": self.model,
-            "input": input_items(request.messages),
+            "input": input_items(request.messages, store=self._store),
             "stream": True,
             "store": self._store,
         }
