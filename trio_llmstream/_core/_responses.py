@@ -35,10 +35,12 @@ items* (``message``, ``reasoning``, ``function_call``...), each announced by
   function calls; ``content_filter`` after a refusal), with usage; ``response.incomplete`` ->
   ``length`` for ``max_output_tokens``, ``content_filter`` for ``content_filter`` (any other
   reason: ``length``), the reason kept as ``native_finish_reason``; ``response.failed`` and
-  ``error`` events -> ``ProviderError``. The live API nests an ``error`` event's fields under
-  ``error`` (``{"type": "error", "error": {"type", "code", "message"}}``), the documentation
-  shows them flat (``{"type": "error", "code", "message"}``, where ``type`` is the event's):
-  both are read. A body that ends before a terminal is ``StreamTruncatedError``.
+  ``error`` events -> ``ProviderError`` (after a failed response's usage so far, in a chunk of
+  its own with source ``provider_partial``: the failed attempt's usage). The live API nests
+  an ``error`` event's fields under ``error`` (``{"type": "error", "error": {"type", "code",
+  "message"}}``), the documentation shows them flat (``{"type": "error", "code",
+  "message"}``, where ``type`` is the event's): both are read. A body that ends before a
+  terminal is ``StreamTruncatedError``.
 - Usage (from the terminal's ``response.usage``): prompt = ``input_tokens`` (cached included),
   cached = ``input_tokens_details.cached_tokens``, completion = ``output_tokens``, reasoning =
   ``output_tokens_details.reasoning_tokens``.
@@ -62,6 +64,12 @@ Memory: arguments of one call are bounded (``max_tool_argument_bytes``), as are 
 stream (``max_tool_calls``) and the output parts remembered for the ``.done`` rule
 (``max_parts``); each event is bounded by the SSE decoder's event size. Text is never
 accumulated.
+
+Speed: :class:`ResponsesParser` is the bytes level, with a framing shortcut for the usual
+``event:``/``data:`` blocks (the shared ``SSEDecoder`` builds a ``ServerSentEvent`` and its
+strings per event, which cost more than decoding the JSON); a text delta of a part already
+seen is assembled inline. The benchmark (``benchmarks/bench_responses.py``) compares it with a
+bare floor and with openai-python's own parsing of the same bytes.
 """
 
 from __future__ import annotations
