@@ -89,6 +89,7 @@ from ._tools._validate import validate_arguments as validate_arguments
 from .providers.anthropic import AnthropicLLM as AnthropicLLM
 from .providers.gemini import GeminiLLM as GeminiLLM
 from .providers.openai import OpenAILLM as OpenAILLM
+from .providers.responses import OpenAIResponsesLLM as OpenAIResponsesLLM
 
 __version__ = "0.1.0"
 
@@ -127,6 +128,7 @@ __all__ = [
     "MappedTurn",
     "NamedToolChoice",
     "OpenAILLM",
+    "OpenAIResponsesLLM",
     "Param",
     "ProviderError",
     "ProviderHealth",

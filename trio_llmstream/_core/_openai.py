@@ -38,6 +38,11 @@ differs from the open call's starts a new call even at the same index; a call wi
 gets a deterministic one, ``call_<request id>_<choice>_<index>``. A complete call without a
 function name is a ``StreamProtocolError``: nothing could execute it.
 
+DeepSeek answers 400 to a request whose tool-call turns come back without their
+``reasoning_content``. So when a choice's reasoning came in that field (not ``reasoning``), its
+pieces are kept (bounded) and its finish chunk carries them, joined, as
+``ProviderItem("openai.chat", "reasoning_content", text)``, which ``OpenAILLM`` sends back.
+
 Only chunks that add something become ``ChatChunk``s: a role, non-empty content or reasoning, a
 completed call, a finish reason, or usage. A chunk carrying only argument fragments, or an empty
 or null delta, produces nothing, so a consumer never sees half a call.
@@ -108,7 +113,15 @@ from typing import Any, Final, cast
 import msgspec
 
 from .._exceptions import APIError, ProviderError, StreamProtocolError, StreamTruncatedError
-from .._models import ChatChunk, ChatRole, Choice, ChoiceDelta, CompletionUsage, FunctionCall
+from .._models import (
+    ChatChunk,
+    ChatRole,
+    Choice,
+    ChoiceDelta,
+    CompletionUsage,
+    FunctionCall,
+    ProviderItem,
+)
 from ._build import FillChoice, FillChunk, FillDelta, make_choice, make_chunk, make_delta
 from ._parser import EventStreamParser
 from ._sse import ServerSentEvent
@@ -127,6 +140,8 @@ DEFAULT_MAX_TOOL_ARGUMENT_BYTES: Final = 1 << 20
 DEFAULT_MAX_TOOL_CALLS: Final = 128
 #: Bound on the distinct choice indices of one stream (OpenAI allows n <= 128).
 DEFAULT_MAX_CHOICES: Final = 128
+#: Bound on the ``reasoning_content`` bytes (UTF-8) of one choice kept for replay.
+DEFAULT_MAX_REASONING_BYTES: Final = 1 << 22
 
 # How much of an offending payload error messages quote.
 _EXCERPT = 120
@@ -266,7 +281,10 @@ class _OpenCall:
 class _ChoiceState:
     """What one choice index has accumulated."""
 
-    __slots__ = ("calls", "finish_reason", "index", "next_index", "open", "used")
+    __slots__ = (
+        "calls", "finish_reason", "index", "next_index", "open", "reasoning", "reasoning_size",
+        "used",
+    )
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -275,6 +293,10 @@ class _ChoiceState:
         self.used: set[int] = set()  # indices of calls started
         self.next_index = 0  # for fragments without an index
         self.finish_reason: str | None = None
+        # ``reasoning_content`` pieces: DeepSeek answers 400 to a tool-call turn sent back
+        # without them, so the choice's finish carries them as a ProviderItem.
+        self.reasoning: list[str] = []
+        self.reasoning_size = 0
 
 
 class ChatCompletionAssembler:
@@ -449,6 +471,8 @@ class ChatCompletionAssembler:
                     ):
                         content = delta.content or None
                         reasoning = delta.reasoning_content or delta.reasoning or None
+                        if delta.reasoning_content:
+                            self._keep_reasoning(states[choice.index], delta.reasoning_content)
                         if content is not None or reasoning is not None:
                             rid = wire.id
                             if not rid or rid == self._rid:
@@ -588,6 +612,8 @@ class ChatCompletionAssembler:
                     role = cast(ChatRole, delta.role if delta.role in _ROLES else "assistant")
                 content = delta.content or None
                 reasoning = delta.reasoning_content or delta.reasoning or None
+                if delta.reasoning_content:
+                    self._keep_reasoning(state, delta.reasoning_content)
                 if delta.tool_calls:
                     self._fragments(state, delta.tool_calls, done)
             finish = wc.finish_reason or None
@@ -600,7 +626,12 @@ class ChatCompletionAssembler:
                 if len(done) > 1:
                     done.sort(key=_first)  # stable: equal indices keep their stream order
                 calls = [call for _, call in done]
-                built = make_delta(role, content, calls, reasoning)
+                items: tuple[ProviderItem, ...] = ()
+                if finish is not None and state.reasoning:
+                    text = "".join(state.reasoning)
+                    state.reasoning = []
+                    items = (ProviderItem("openai.chat", "reasoning_content", text),)
+                built = make_delta(role, content, calls, reasoning, items)
                 choices.append(make_choice(built, index, finish))
         usage = None
         if usage_wire is not None:
@@ -665,6 +696,16 @@ class ChatCompletionAssembler:
                         request_id=self.request_id,
                     )
                 cur.parts.append(arguments)
+
+    def _keep_reasoning(self, state: _ChoiceState, text: str) -> None:
+        state.reasoning_size += _utf8_len(text)
+        if state.reasoning_size > DEFAULT_MAX_REASONING_BYTES:
+            raise StreamProtocolError(
+                f"choice {state.index}: reasoning_content exceeds "
+                f"{DEFAULT_MAX_REASONING_BYTES} bytes",
+                request_id=self.request_id,
+            )
+        state.reasoning.append(text)
 
     def _complete(self, state: _ChoiceState, call: _OpenCall) -> tuple[int, FunctionCall]:
         if not call.name:

@@ -215,7 +215,8 @@ async def open_tool_loop(
     ``temperature``, ``max_tokens``, ``parallel_tool_calls``, ``tool_options`` (calls run
     eagerly by default; an ``on_start`` given there is called too), ``on_metrics`` (gets
     every step's metrics), ``extra``, ``buffer_size``, ``rng`` and ``hedge``. There is no
-    ``n``: the loop continues one conversation, and no ``hold``: a loop's steps are delivered as they come.
+    ``n``: the loop continues one conversation, and no ``hold``: a loop's steps are
+    delivered as they come.
 
     Raises ``ValueError`` for ``max_steps < 1`` or ``buffer_size < 0``, and ``TypeError`` or
     ``ValueError`` for a tool that cannot be made, when the block is entered.

@@ -426,6 +426,10 @@ def _wire_message(message: ChatMessage) -> dict[str, Any]:
                 }
                 for call in message.tool_calls
             ]
+        for item in message.provider_items:
+            # DeepSeek refuses a tool-call turn sent back without its reasoning_content.
+            if item.provider == "openai.chat" and item.kind == "reasoning_content":
+                out["reasoning_content"] = item.data
     else:
         out["content"] = message.content if message.content is not None else ""
     if message.role == "tool":

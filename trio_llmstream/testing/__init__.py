@@ -20,6 +20,13 @@ from ._gemini import gemini_frame as gemini_frame
 from ._gemini import gemini_text_stream as gemini_text_stream
 from ._gemini import gemini_tool_call_stream as gemini_tool_call_stream
 from ._gemini import gemini_usage as gemini_usage
+from ._responses import DEFAULT_RESPONSE_ID as DEFAULT_RESPONSE_ID
+from ._responses import ResponsesEvent as ResponsesEvent
+from ._responses import responses_error_event as responses_error_event
+from ._responses import responses_failed_event as responses_failed_event
+from ._responses import responses_stream as responses_stream
+from ._responses import responses_text_stream as responses_text_stream
+from ._responses import responses_tool_call_stream as responses_tool_call_stream
 from ._script import DEFAULT_COMPLETION_ID as DEFAULT_COMPLETION_ID
 from ._script import DEFAULT_CREATED as DEFAULT_CREATED
 from ._script import DEFAULT_MODEL as DEFAULT_MODEL
@@ -65,6 +72,7 @@ __all__ = [
     "DEFAULT_GEMINI_MODEL",
     "DEFAULT_GEMINI_RESPONSE_ID",
     "DEFAULT_MODEL",
+    "DEFAULT_RESPONSE_ID",
     "Delay",
     "DoneEvent",
     "DropConnection",
@@ -81,6 +89,7 @@ __all__ = [
     "RecordedRequest",
     "ResponseLike",
     "ResponseOutcome",
+    "ResponsesEvent",
     "ScriptedAttempt",
     "ScriptedLLM",
     "ServerFault",
@@ -100,6 +109,11 @@ __all__ = [
     "inject_fault",
     "json_response",
     "open_mock_server",
+    "responses_error_event",
+    "responses_failed_event",
+    "responses_stream",
+    "responses_text_stream",
+    "responses_tool_call_stream",
     "sse_response",
     "text_chunks",
     "text_stream",
