@@ -13,12 +13,14 @@ from trio_llmstream import (
     ChatContext,
     GeminiLLM,
     OpenAILLM,
+    OpenAIResponsesLLM,
     open_llm_stream,
 )
 from trio_llmstream.testing import (
     anthropic_text_stream,
     gemini_text_stream,
     open_mock_server,
+    responses_text_stream,
     text_stream,
 )
 
@@ -27,6 +29,8 @@ CASES: list[tuple[str, Callable[[str, str], LLM], Any, Callable[[dict[str, Any]]
      text_stream("hi"), lambda body: body.get("max_tokens")),
     ("anthropic", lambda base, origin: AnthropicLLM("m", base_url=origin, api_key="k"),
      anthropic_text_stream("hi"), lambda body: body.get("max_tokens")),
+    ("responses", lambda base, origin: OpenAIResponsesLLM("m", base_url=base, api_key="k"),
+     responses_text_stream("hi"), lambda body: body.get("max_output_tokens")),
     ("gemini", lambda base, origin: GeminiLLM("m", base_url=base, api_key="k"),
      gemini_text_stream("hi"),
      lambda body: body.get("generationConfig", {}).get("maxOutputTokens")),

@@ -35,6 +35,7 @@ import attrs
 
 from .._exceptions import APIError
 from .._options import APIConnectOptions
+from ._backoff import jittered_backoff
 
 __all__ = [
     "GiveUp",
@@ -65,10 +66,9 @@ RetryDecision = Retry | GiveUp
 
 
 def backoff_delay(options: APIConnectOptions, attempt: int, rng: random.Random) -> float:
-    """The jittered exponential delay after the 0-based ``attempt``."""
-    # 2**attempt overflows floats past ~1000; the cap is reached long before.
-    base = options.retry_interval * (2.0 ** min(attempt, 64))
-    return min(options.max_retry_interval, base) * rng.uniform(0.5, 1.0)
+    """The jittered exponential delay after the 0-based ``attempt`` (``_core/_backoff.py``'s
+    formula with the options' interval and cap)."""
+    return jittered_backoff(options.retry_interval, options.max_retry_interval, attempt, rng)
 
 
 #: How the next attempt would move through the providers: to the next one in the order

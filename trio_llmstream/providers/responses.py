@@ -244,8 +244,9 @@ class OpenAIResponsesLLM(OpenAILLM):
             body["temperature"] = request.temperature
         if self._reasoning is not None:
             body["reasoning"] = dict(self._reasoning)
-        if self._max_output_tokens is not None:
-            body["max_output_tokens"] = self._max_output_tokens
+        max_tokens = request.max_tokens or self._max_output_tokens
+        if max_tokens is not None:
+            body["max_output_tokens"] = max_tokens
         body.update(self._extra_body)
         body.update(request.extra)
         return body
