@@ -363,3 +363,25 @@ async def test_chat_otel_prints_the_stream_span_and_metrics_on_stderr() -> None:
     assert '"gen_ai.operation.name": "chat"' in err
     assert "gen_ai.client.operation.duration" in err
     assert "gen_ai.client.token.usage" in err
+
+
+@pytest.mark.parametrize(
+    ("provider", "script", "path"),
+    [
+        ("anthropic", "anthropic_text_stream", "/v1/messages"),
+        ("responses", "responses_text_stream", "/v1/responses"),
+        ("gemini", "gemini_text_stream", "/v1/models/m:streamGenerateContent"),
+        ("openai", "text_stream", "/v1/chat/completions"),
+    ],
+)
+async def test_chat_speaks_every_protocol(provider: str, script: str, path: str) -> None:
+    import trio_llmstream.testing as testing
+
+    async with open_mock_server(getattr(testing, script)(ANSWER)) as server:
+        base = server.origin if provider == "anthropic" else server.base_url
+        proc = await run_cli_async("chat", "--provider", provider, "--base-url", base,
+                                   "--model", "m", "hi", "--no-metrics")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == ANSWER + "\n"
+    [request] = server.chat_requests
+    assert request.path == path

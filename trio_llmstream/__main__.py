@@ -27,6 +27,7 @@ import trio
 from . import __version__
 from ._demo import format_metrics_table
 from ._exceptions import LLMStreamError
+from ._llm import LLM
 from ._models import ChatContext
 from ._options import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, Timeouts
 from ._stream import open_llm_stream
@@ -64,14 +65,41 @@ A run's events URL (returned by the POST) carries a read token: give it to the b
 SIGTERM drains: new runs get 503, running runs go on to their end for up to --drain-timeout
 seconds (then are cancelled), followers are served; a second signal stops at once.
 
-API key for the upstream: as for 'chat' (OPENAI_API_KEY, or --api-key-env), sent to
---upstream.
+API key for the upstream: as for 'chat' (the provider's usual variable, or --api-key-env),
+sent to --upstream.
 """
 
 _KEY_HELP = (
-    "name of the environment variable holding the API key (default: OPENAI_API_KEY; when "
-    "the variable is unset no key is sent)"
+    "name of the environment variable holding the API key (default: the provider's own: "
+    "OPENAI_API_KEY for openai and responses, ANTHROPIC_API_KEY for anthropic, "
+    "GEMINI_API_KEY then GOOGLE_API_KEY for gemini; when unset no key is sent)"
 )
+
+# --provider: the wire protocol, its class (imported when used) and its default base URL.
+_PROVIDERS = {
+    "openai": ("trio_llmstream.providers.openai", "OpenAILLM", "https://api.openai.com/v1"),
+    "responses": (
+        "trio_llmstream.providers.responses", "OpenAIResponsesLLM", "https://api.openai.com/v1"
+    ),
+    "anthropic": (
+        "trio_llmstream.providers.anthropic", "AnthropicLLM", "https://api.anthropic.com"
+    ),
+    "gemini": (
+        "trio_llmstream.providers.gemini",
+        "GeminiLLM",
+        "https://generativelanguage.googleapis.com/v1beta",
+    ),
+}
+
+
+def _make_llm(provider: str, model: str, base_url: str | None, api_key: str | None) -> LLM:
+    """The ``LLM`` for ``--provider``; ``api_key`` None lets it read its usual variable."""
+    import importlib
+
+    module, name, default_url = _PROVIDERS[provider]
+    cls = getattr(importlib.import_module(module), name)
+    llm: LLM = cls(model, base_url=base_url or default_url, api_key=api_key)
+    return llm
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -115,10 +143,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                               formatter_class=_HelpFormatter)
 
     def server_options(p: argparse.ArgumentParser, url_flag: str, what: str) -> None:
-        # The OpenAI-compatible server to talk to: where, which model, which key.
-        p.add_argument(url_flag, required=True, metavar="URL",
-                       help=f"the {what}'s base URL, e.g. http://localhost:11434/v1 or "
-                       "https://api.openai.com/v1")
+        # The server to talk to: which protocol, where, which model, which key.
+        p.add_argument("--provider", choices=sorted(_PROVIDERS), default="openai",
+                       help="the wire protocol: openai (chat completions, and every "
+                       "OpenAI-compatible server), responses (OpenAI Responses), anthropic "
+                       "(Messages), gemini (streamGenerateContent)")
+        p.add_argument(url_flag, default=None, metavar="URL",
+                       help=f"the {what}'s base URL, e.g. http://localhost:11434/v1 (default: "
+                       "the provider's public API)")
         p.add_argument("--model", required=True, metavar="NAME", help="the model to use")
         p.add_argument("--api-key-env", default=None, metavar="VAR", help=_KEY_HELP)
 
@@ -269,13 +301,14 @@ def _silence_stdout() -> None:
 
 
 async def chat(
-    base_url: str,
+    base_url: str | None,
     model: str,
     api_key_env: str | None,
     prompt: str,
     *,
     max_retry: int = DEFAULT_API_CONNECT_OPTIONS.max_retry,
     metrics: bool = True,
+    provider: str = "openai",
 ) -> int:
     """Stream one answer to ``prompt``; return the exit code (0, 1 on an error of the stream,
     2 on a usage error).
@@ -283,8 +316,6 @@ async def chat(
     The answer goes to stdout; errors and the metrics table to stderr. If stdout's reader goes
     away (a closed pipe), the stream is cancelled and 0 is returned.
     """
-    from .providers.openai import OpenAILLM
-
     try:
         api_key = _api_key(api_key_env)
     except _UsageError as exc:
@@ -296,7 +327,7 @@ async def chat(
         max_retry=max_retry, timeouts=Timeouts(connect=10, first_token=60, idle=30)
     )
     answer = _Answer()
-    async with OpenAILLM(model, base_url=base_url, api_key=api_key) as llm:
+    async with _make_llm(provider, model, base_url, api_key) as llm:
         try:
             async with open_llm_stream(llm, chat_ctx=ctx, conn_options=options) as stream:
                 async for chunk in stream:
@@ -309,7 +340,7 @@ async def chat(
                 with contextlib.suppress(BrokenPipeError):
                     answer.write("\n")
             # A cause worth naming only if nothing at all came back (else it spoke HTTP).
-            reason = None if answer.written else _explain(exc, base_url)
+            reason = None if answer.written else _explain(exc, base_url or "")
             suffix = f" ({reason})" if reason else ""
             print(f"error: {type(exc).__name__}: {exc}{suffix}", file=sys.stderr)
             return 1
@@ -337,6 +368,7 @@ def _run_chat(args: argparse.Namespace) -> int:
     try:
         code: int = trio.run(
             lambda: chat(args.base_url, args.model, args.api_key_env, args.prompt,
+                         provider=args.provider,
                          max_retry=args.max_retry, metrics=args.metrics)
         )
         return code
@@ -361,7 +393,6 @@ def _relay_tokens(variable: str) -> list[str]:
 def _run_relay(args: argparse.Namespace) -> int:
     from .journal import JournalError, run_relay
     from .journal._relay import bearer_authorizer, check_origin, is_loopback
-    from .providers.openai import OpenAILLM
 
     if missing := _missing_extra("hypercorn", "server", "relay"):
         return missing
@@ -394,7 +425,7 @@ def _run_relay(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     async def serve() -> None:
-        async with OpenAILLM(args.model, base_url=args.upstream, api_key=api_key) as llm:
+        async with _make_llm(args.provider, args.model, args.upstream, api_key) as llm:
             await run_relay(llm, redis_url=redis_url, redis_cluster=bool(args.redis_cluster),
                             host=args.host, port=args.port, max_entries=args.max_entries,
                             drain_timeout=args.drain_timeout, **options)

@@ -115,6 +115,27 @@ async def test_relay_command_with_the_memory_journal() -> None:
         assert upstream.requests[0].json["model"] == "m"
 
 
+async def test_relay_command_speaks_another_protocol_upstream() -> None:
+    # --provider: the relay streams from an Anthropic Messages upstream; browsers see the
+    # same journal events as for any other protocol.
+    from trio_llmstream.testing import anthropic_text_stream
+
+    async with (
+        open_mock_server(anthropic_text_stream(TEXT)) as upstream,
+        relay_process("--provider", "anthropic", "--upstream", upstream.origin,
+                      "--model", "claude-x") as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        response = await client.post("/v1/runs", json=MESSAGES)
+        assert response.status_code == 201
+        _, events = await read_events(client, response.json()["events"])
+        assert check_stream(events)["status"] == "completed"
+        assert text_of(events) == TEXT
+        [request] = upstream.chat_requests
+        assert request.path == "/v1/messages"
+        assert request.json["model"] == "claude-x"
+
+
 async def test_two_relay_processes_share_runs_through_redis(redis_server: RedisServer) -> None:
     async with (
         open_mock_server(text_stream(TEXT, chunk_size=2, delay=0.01)) as upstream,
@@ -181,9 +202,9 @@ def test_the_journal_does_not_import_a_provider() -> None:
         bad = {m for m in imported
                if m.startswith(("trio_llmstream.providers", "trio_llmstream.__main__"))}
         assert not bad, (path.name, bad)
-    # The checker sees a lazy provider import where there is one.
-    main = Path(trio_llmstream.__file__).parent / "__main__.py"
-    assert "trio_llmstream.providers.openai" in imported_modules(main, "trio_llmstream")
+    # The checker sees a provider import where there is one.
+    demo = Path(trio_llmstream.__file__).parent / "_demo.py"
+    assert "trio_llmstream.providers.openai" in imported_modules(demo, "trio_llmstream")
 
 
 # -- journal options: a run's length bound, Redis Cluster ------------------------------------------
