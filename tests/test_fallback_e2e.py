@@ -141,3 +141,48 @@ async def test_a_held_stream_adopted_delivers_everything(
         text = (await stream.collect()).text
     assert text == ANSWER
     assert [a.label for a in stream.metrics.attempts] == ["primary", "backup"]
+
+
+# -- across protocols ------------------------------------------------------------------------
+
+
+async def test_fallback_crosses_protocols_before_the_commit_point(
+    servers: tuple[MockLLMServer, MockLLMServer],
+) -> None:
+    # An OpenAI-compatible primary answers 529 (overloaded); the backup speaks
+    # Anthropic Messages. The consumer sees the backup's answer once, nothing of the primary.
+    from trio_llmstream import AnthropicLLM
+    from trio_llmstream.testing import anthropic_text_stream
+
+    primary, backup = servers
+    primary.enqueue(error_response(529, "overloaded", type="overloaded_error"))
+    backup.enqueue(anthropic_text_stream(ANSWER))
+    llm = FallbackLLM([
+        OpenAILLM("m", base_url=primary.base_url, api_key="sk-primary", label="primary"),
+        AnthropicLLM("claude", base_url=backup.origin, api_key="sk-backup", label="backup"),
+    ])
+    async with llm, open_llm_stream(llm, chat_ctx=ctx()) as stream:
+        text = "".join([chunk.text async for chunk in stream])
+    assert text == ANSWER
+    assert stream.status is StreamStatus.COMPLETED
+    assert [a.label for a in stream.metrics.attempts] == ["primary", "backup"]
+    assert [r.path for r in backup.chat_requests] == ["/v1/messages"]
+
+
+async def test_no_other_protocol_is_asked_after_the_commit_point(
+    servers: tuple[MockLLMServer, MockLLMServer],
+) -> None:
+    from trio_llmstream import GeminiLLM
+
+    primary, backup = servers
+    primary.enqueue(inject_fault(text_stream(ANSWER, chunk_size=4), DropConnection(), after=3))
+    llm = FallbackLLM([
+        OpenAILLM("m", base_url=primary.base_url, api_key="sk-primary", label="primary"),
+        GeminiLLM("g", base_url=backup.base_url, api_key="sk-backup", label="backup"),
+    ])
+    with pytest.raises(StreamInterrupted) as info:
+        async with llm, open_llm_stream(llm, chat_ctx=ctx()) as stream:
+            async for _ in stream:
+                pass
+    assert info.value.partial.text and ANSWER.startswith(info.value.partial.text)
+    assert backup.chat_requests == []
