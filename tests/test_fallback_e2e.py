@@ -184,5 +184,6 @@ async def test_no_other_protocol_is_asked_after_the_commit_point(
         async with llm, open_llm_stream(llm, chat_ctx=ctx()) as stream:
             async for _ in stream:
                 pass
-    assert info.value.partial.text and ANSWER.startswith(info.value.partial.text)
+    assert info.value.partial.text
+    assert ANSWER.startswith(info.value.partial.text)
     assert backup.chat_requests == []
