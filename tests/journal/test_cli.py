@@ -8,9 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ import trio_llmstream
 import trio_llmstream.journal
 from trio_llmstream.testing import open_mock_server, text_stream
 
-from .redis_server import RedisServer, free_port, ping, redis_server_binary
+from .redis_server import RedisClusterServers, RedisServer, free_port
 from .sse_client import Event, check_stream, read_events
 from .test_relay import MESSAGES, TEXT, text_of
 
@@ -254,66 +253,28 @@ def test_redis_and_redis_cluster_exclude_each_other() -> None:
     assert "must be at least 1" in proc.stderr
 
 
-@contextmanager
-def redis_cluster(directory: Path, masters: int = 3) -> Iterator[list[int]]:
-    """A Redis Cluster of ``masters`` masters on loopback (Debian's redis-server and
-    redis-cli); yields their ports; stopped when done."""
-    binary = redis_server_binary()
-    ports = [free_port() for _ in range(masters)]
-    processes = []
-    try:
-        for port in ports:
-            node = directory / str(port)
-            node.mkdir()
-            processes.append(subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file",
-                 str(node / "nodes.conf"), "--dir", str(node), "--logfile",
-                 str(node / "redis.log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + 10
-        while not all(ping(p) for p in ports):
-            assert time.monotonic() < deadline, "cluster nodes did not start"
-            time.sleep(0.02)
-        subprocess.run(["redis-cli", "--cluster", "create",
-                        *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
-                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        deadline = time.monotonic() + 20
-        while b"cluster_state:ok" not in subprocess.run(
-            ["redis-cli", "-p", str(ports[0]), "cluster", "info"], capture_output=True,
-            timeout=10, check=False).stdout:
-            assert time.monotonic() < deadline, "the cluster did not become ready"
-            time.sleep(0.05)
-        yield ports
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-async def test_two_relays_share_runs_through_a_redis_cluster(tmp_path: Path) -> None:
-    with redis_cluster(tmp_path) as ports:
-        url = f"redis://127.0.0.1:{ports[0]}"
-        async with (
-            open_mock_server(*[text_stream(TEXT, chunk_size=2, delay=0.005)] * 8) as upstream,
-            relay_process("--upstream", upstream.base_url, "--model", "m",
-                          "--redis-cluster", url) as url_a,
-            relay_process("--upstream", upstream.base_url, "--model", "m",
-                          "--redis-cluster", f"redis://127.0.0.1:{ports[1]}") as url_b,
-            httpx.AsyncClient(base_url=url_a, timeout=10) as a,
-            httpx.AsyncClient(base_url=url_b, timeout=10) as b,
-        ):
-            # Several runs, so that their keys land on different masters.
-            for _ in range(8):
-                response = await a.post("/v1/runs", json=MESSAGES)
-                assert response.status_code == 201
-                events_url = response.json()["events"]
-                _, first = await read_events(a, events_url, stop_after=5)
-                _, rest = await read_events(b, events_url, last_event_id=first[-1].id)
-                assert check_stream(first + rest)["status"] == "completed"
-                assert text_of(first + rest) == TEXT
+async def test_two_relays_share_runs_through_a_redis_cluster(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    # The session's cluster (tests/journal/conftest.py): each node's bus port is chosen free
+    # too, where a cluster started with the default (port + 10,000) fails now and then.
+    ports = redis_cluster.ports
+    url = f"redis://127.0.0.1:{ports[0]}"
+    async with (
+        open_mock_server(*[text_stream(TEXT, chunk_size=2, delay=0.005)] * 8) as upstream,
+        relay_process("--upstream", upstream.base_url, "--model", "m",
+                      "--redis-cluster", url) as url_a,
+        relay_process("--upstream", upstream.base_url, "--model", "m",
+                      "--redis-cluster", f"redis://127.0.0.1:{ports[1]}") as url_b,
+        httpx.AsyncClient(base_url=url_a, timeout=10) as a,
+        httpx.AsyncClient(base_url=url_b, timeout=10) as b,
+    ):
+        # Several runs, so that their keys land on different masters.
+        for _ in range(8):
+            response = await a.post("/v1/runs", json=MESSAGES)
+            assert response.status_code == 201
+            events_url = response.json()["events"]
+            _, first = await read_events(a, events_url, stop_after=5)
+            _, rest = await read_events(b, events_url, last_event_id=first[-1].id)
+            assert check_stream(first + rest)["status"] == "completed"
+            assert text_of(first + rest) == TEXT
