@@ -4,9 +4,9 @@ memory go. Not a benchmark of record (bench_e2e.py is); each command isolates on
     .venv/bin/python benchmarks/profile_runtime.py memory [--chunks 10000] [--repeat 5]
         in memory, one event per piece: ours at buffer_size 16 (default) / 1024 / 0, our parser
         alone, the floor; each with GC on and off; GC collections and time per 10,000 chunks
-    .venv/bin/python benchmarks/profile_runtime.py accumulator
-        _Accumulator.add alone, µs/chunk at 1k / 10k / 50k chunks (and with compaction off),
-        and ours end to end in memory at the same lengths against the floor
+    .venv/bin/python benchmarks/profile_runtime.py accumulator [--alone]
+        _Accumulator.add alone, µs/chunk at 1k / 10k / 50k / 200k chunks (and with compaction
+        off), and (without --alone) ours end to end in memory at 1k / 10k / 50k against the floor
     .venv/bin/python benchmarks/profile_runtime.py concurrent --variant ours|httpx-sse|floor
         [--streams 1000] [--gc-off]
         N streams x 200 events over loopback (server in its own process), with a trio
@@ -181,6 +181,8 @@ def cmd_accumulator(args: argparse.Namespace) -> None:
             row.append(best / n * 1e6)
         runtime._COMPACT_AT = 64
         print(f"  {n:>7,} chunks: {row[0]:6.3f} (compact every 64)   {row[1]:6.3f} (no compaction)")
+    if args.alone:
+        return
     print("\nin memory end to end, one event per piece, CPU µs/chunk, best of 3 (GC on)")
     for n in (1_000, 10_000, 50_000):
         e2e.events(e2e.N_WARM)
@@ -394,7 +396,9 @@ def main() -> None:
     p = sub.add_parser("memory")
     p.add_argument("--chunks", type=int, default=10_000)
     p.add_argument("--repeat", type=int, default=5)
-    sub.add_parser("accumulator")
+    p = sub.add_parser("accumulator")
+    p.add_argument("--alone", action="store_true",
+                   help="only _Accumulator.add alone (skip the end-to-end runs)")  # fmt: skip
     for name in ("concurrent", "concurrent-child"):
         p = sub.add_parser(name)
         p.add_argument("--variant", default="ours,httpx-sse,floor")

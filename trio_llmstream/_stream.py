@@ -140,6 +140,29 @@ _NO_TIMEOUTS = Timeouts(connect=None, first_token=None, idle=None, first_event=N
 _COMPACT_AT = 64
 
 
+class _Text:
+    """One choice's text (or reasoning) so far, kept in time and memory linear in its length.
+
+    Pieces are appended to ``run``; every ``_COMPACT_AT`` of them are joined once into one
+    block (``_Accumulator.add`` does it inline: it is the per-chunk path), and the blocks are
+    joined only by :meth:`joined`. So each character is copied once on the way in, and the
+    structure holds at most ``pieces / _COMPACT_AT`` blocks plus ``_COMPACT_AT`` pieces: the
+    memory bound of compaction without re-joining the whole text at every compaction (that
+    copied O(n^2 / 64) characters: per-chunk cost grew with the response; PROFILE.md item 3).
+    """
+
+    __slots__ = ("blocks", "run")
+
+    def __init__(self) -> None:
+        self.blocks: list[str] = []
+        self.run: list[str] = []
+
+    def joined(self) -> str:
+        """The text so far. Leaves the structure as it is: it may be asked again (a partial
+        response, then the final one), and each call costs one copy of the text."""
+        return "".join([*self.blocks, *self.run])
+
+
 class _Accumulator:
     """Folds delivered chunks into the response so far (per choice), for ``collect()``,
     ``function_calls`` and ``StreamInterrupted.partial``."""
@@ -149,8 +172,8 @@ class _Accumulator:
     )
 
     def __init__(self) -> None:
-        self.text: dict[int, list[str]] = {0: []}
-        self.reasoning: dict[int, list[str]] = {0: []}
+        self.text: dict[int, _Text] = {0: _Text()}
+        self.reasoning: dict[int, _Text] = {0: _Text()}
         self.calls: dict[int, list[FunctionCall]] = {0: []}
         self.finish: dict[int, str | None] = {0: None}
         self.usage: CompletionUsage | None = None
@@ -171,20 +194,25 @@ class _Accumulator:
                 delta = choice.delta
                 index = choice.index
                 if index not in text:
-                    text[index] = []
-                    reasoning[index] = []
+                    text[index] = _Text()
+                    reasoning[index] = _Text()
                     self.calls[index] = []
                     self.finish[index] = None
+                # Inline _Text appends (see _Text): join only the last run, never the whole.
                 if delta.content:
-                    pieces = text[index]
-                    pieces.append(delta.content)
-                    if len(pieces) >= _COMPACT_AT:
-                        pieces[:] = ["".join(pieces)]
+                    part = text[index]
+                    run = part.run
+                    run.append(delta.content)
+                    if len(run) >= _COMPACT_AT:
+                        part.blocks.append("".join(run))
+                        run.clear()
                 if delta.reasoning:
-                    pieces = reasoning[index]
-                    pieces.append(delta.reasoning)
-                    if len(pieces) >= _COMPACT_AT:
-                        pieces[:] = ["".join(pieces)]
+                    part = reasoning[index]
+                    run = part.run
+                    run.append(delta.reasoning)
+                    if len(run) >= _COMPACT_AT:
+                        part.blocks.append("".join(run))
+                        run.clear()
                 if delta.tool_calls:
                     self.calls[index].extend(delta.tool_calls)
                     if new is None:
@@ -208,8 +236,8 @@ class _Accumulator:
         choices = tuple(
             CollectedChoice(
                 index=index,
-                text="".join(self.text[index]),
-                reasoning="".join(self.reasoning[index]),
+                text=self.text[index].joined(),
+                reasoning=self.reasoning[index].joined(),
                 function_calls=tuple(self.calls[index]),
                 finish_reason=None if partial else self.finish[index],
                 provider_items=tuple(items.get(index, ())),
