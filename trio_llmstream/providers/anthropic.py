@@ -57,22 +57,18 @@ from .._llm import LLM, AttemptInfo, ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
 from ._redact import Redactor
 from .openai import (
-    DRAIN_BYTES,
-    DRAIN_SECONDS,
     EVENT_STREAM_TYPES,
-    MAX_ERROR_BODY,
-    MAX_QUIET_BYTES,
-    READ_WINDOW,
     HTTPXError,
     _body_decoder,
     _error_message,
-    _identity_windows,
     _media_type,
     _reads,
     _RequestBody,
     _should_retry,
     _unwind,
     parse_retry_after,
+    pump_body,
+    read_error_body,
     translate_httpx_error,
 )
 
@@ -347,70 +343,10 @@ class AnthropicLLM(LLM):
         emit: ChunkEmitter,
         request_id: str | None,
     ) -> None:
-        parser = AnthropicParser()
-        quiet = 0  # body bytes since the last complete data event
-        identity = decode is _identity_windows
-        async for data in reads:
-            windows = (data,) if identity and len(data) <= READ_WINDOW else decode(data)
-            for window in windows:
-                progress = parser.progress
-                chunks = parser.feed(window)
-                # Progress is a complete data event (a ping counts), never a byte: comments
-                # and partial lines never reach send, so they never reset the idle clock.
-                if chunks or parser.progress != progress:
-                    quiet = 0
-                    await emit.send(chunks)
-                else:
-                    quiet += len(window)
-                if parser.finished:
-                    break
-                if quiet > MAX_QUIET_BYTES:
-                    raise StreamProtocolError(
-                        f"more than {MAX_QUIET_BYTES} bytes of body without a complete event",
-                        request_id=request_id,
-                    )
-            if parser.finished:
-                break
-            # After the commit point send may not checkpoint: stop here if cancelled.
-            await trio.lowlevel.checkpoint_if_cancelled()
-        else:
-            progress = parser.progress
-            chunks = parser.end()
-            if chunks or parser.progress != progress:
-                await emit.send(chunks)
-        error = parser.error
-        if error is not None:
-            if error.request_id is None:
-                error.request_id = request_id
-            raise error
-        # message_stop: drain what little follows so the connection can be reused.
-        drained = 0
-        with trio.move_on_after(DRAIN_SECONDS):
-            async for data in reads:
-                drained += len(data)
-                if drained > DRAIN_BYTES:
-                    break
+        await pump_body(AnthropicParser(), reads, decode, emit, request_id)
 
     async def _bounded_body(self, response: httpx.Response, reads: AsyncIterator[bytes]) -> bytes:
-        # At most MAX_ERROR_BODY decoded bytes; the key is taken out before anything is parsed.
-        try:
-            decode = _body_decoder(response.headers)
-        except StreamProtocolError as exc:
-            return f"(body not decoded: {exc})".encode()
-        parts: list[bytes] = []
-        size = 0
-        try:
-            async for data in reads:
-                for window in decode(data):
-                    parts.append(window)
-                    size += len(window)
-                    if size >= MAX_ERROR_BODY:
-                        break
-                if size >= MAX_ERROR_BODY:
-                    break
-        except StreamProtocolError:
-            pass  # a corrupt compressed error body: what was decoded is still worth quoting
-        return self._redactor.data(b"".join(parts)[:MAX_ERROR_BODY])
+        return await read_error_body(response, reads, self._redactor)
 
     async def _status_error(
         self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None

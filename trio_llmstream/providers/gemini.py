@@ -52,17 +52,16 @@ from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
 from ._redact import Redactor
 from .openai import (
     EVENT_STREAM_TYPES,
-    MAX_QUIET_BYTES,
-    READ_WINDOW,
     HTTPXError,
     _body_decoder,
-    _identity_windows,
     _media_type,
     _reads,
     _RequestBody,
     _should_retry,
     _unwind,
     parse_retry_after,
+    pump_body,
+    read_error_body,
     translate_httpx_error,
 )
 
@@ -419,63 +418,10 @@ class GeminiLLM(LLM):
         emit: ChunkEmitter,
         request_id: str | None,
     ) -> None:
-        # The read loop of providers/openai.py, on the Gemini parser: one send per read that
-        # completed a data event, never for keep-alives or partial lines.
-        parser = GeminiStreamParser()
-        quiet = 0
-        identity = decode is _identity_windows
-        async for data in reads:
-            windows = (data,) if identity and len(data) <= READ_WINDOW else decode(data)
-            for window in windows:
-                progress = parser.progress
-                chunks = parser.feed(window)
-                if chunks or parser.progress != progress:
-                    quiet = 0
-                    await emit.send(chunks)
-                else:
-                    quiet += len(window)
-                if parser.finished:
-                    break
-                if quiet > MAX_QUIET_BYTES:
-                    raise StreamProtocolError(
-                        f"more than {MAX_QUIET_BYTES} bytes of body without a complete event",
-                        request_id=request_id,
-                    )
-            if parser.finished:
-                break
-            await trio.lowlevel.checkpoint_if_cancelled()
-        else:
-            progress = parser.progress
-            chunks = parser.end()
-            # The ending's chunks (usage, or partial usage before an error) are delivered
-            # before the error is raised.
-            if chunks or parser.progress != progress:
-                await emit.send(chunks)
-        error = parser.error
-        if error is not None:
-            if error.request_id is None:
-                error.request_id = request_id
-            raise error
+        await pump_body(GeminiStreamParser(), reads, decode, emit, request_id)
 
     async def _bounded_body(self, response: httpx.Response, reads: AsyncIterator[bytes]) -> bytes:
-        try:
-            decode = _body_decoder(response.headers)
-        except StreamProtocolError as exc:
-            return f"(body not decoded: {exc})".encode()
-        parts: list[bytes] = []
-        size = 0
-        try:
-            async for data in reads:
-                for window in decode(data):
-                    parts.append(window)
-                    size += len(window)
-                    if size >= MAX_ERROR_BODY:
-                        break
-                if size >= MAX_ERROR_BODY:
-                    break
-        except StreamProtocolError:
-            pass
-        return self._redactor.data(b"".join(parts)[:MAX_ERROR_BODY])
+        return await read_error_body(response, reads, self._redactor)
 
     async def _status_error(
         self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None

@@ -56,7 +56,7 @@ import time
 import types
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import msgspec
@@ -72,7 +72,7 @@ from .._exceptions import (
     StreamProtocolError,
 )
 from .._llm import LLM, AttemptInfo, ChunkEmitter
-from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
+from .._models import ChatChunk, ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
 from ._redact import Redactor
 
 __all__ = ["OpenAILLM", "translate_httpx_error"]
@@ -439,6 +439,114 @@ def _wire_message(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
+class BodyParser(Protocol):
+    """What :func:`pump_body` needs of a protocol's bytes-level parser."""
+
+    @property
+    def progress(self) -> int: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    @property
+    def error(self) -> APIError | None: ...
+
+    def feed(self, data: bytes) -> list[ChatChunk]: ...
+
+    def end(self) -> list[ChatChunk]: ...
+
+
+async def pump_body(
+    parser: BodyParser,
+    reads: AsyncIterator[bytes],
+    decode: Callable[[bytes], Iterator[bytes]],
+    emit: ChunkEmitter,
+    request_id: str | None,
+) -> None:
+    """Feed a streamed response body to ``parser`` and its chunks to ``emit``: the read loop
+    every provider shares, whatever its protocol's parser.
+
+    One ``send`` per read (window) that completed a data event, never for keep-alives or
+    partial lines; at most ``MAX_QUIET_BYTES`` of body without one; a cancellation check
+    between reads; the parser's error (with the response's request id) raised after the
+    chunks before it; a short drain after the terminal event so the connection can be reused.
+    Cancellation: stops at the next read or send; the caller closes the response.
+    """
+    quiet = 0  # body bytes since the last complete data event
+    identity = decode is _identity_windows
+    async for data in reads:
+        # The common read (uncompressed, at most one window) skips the window generator.
+        windows = (data,) if identity and len(data) <= READ_WINDOW else decode(data)
+        for window in windows:
+            progress = parser.progress
+            chunks = parser.feed(window)
+            # Progress is a complete data event, not a byte: keep-alive comments, blank
+            # lines and partial lines never call send, so they never reset the runtime's
+            # idle clock. A normal read is one window, so this is one send per read.
+            if chunks or parser.progress != progress:
+                quiet = 0
+                await emit.send(chunks)
+            else:
+                quiet += len(window)
+            if parser.finished:
+                break
+            if quiet > MAX_QUIET_BYTES:
+                raise StreamProtocolError(
+                    f"more than {MAX_QUIET_BYTES} bytes of body without a complete event",
+                    request_id=request_id,
+                )
+        if parser.finished:
+            break
+        # After the commit point emit.send hands chunks over without a checkpoint, and an
+        # in-process transport's reads may not have one either: a cancelled attempt (the
+        # consumer left, a time limit fired) must stop here, before its next read.
+        await trio.lowlevel.checkpoint_if_cancelled()
+    else:
+        progress = parser.progress
+        chunks = parser.end()
+        if chunks or parser.progress != progress:
+            await emit.send(chunks)
+    error = parser.error
+    if error is not None:
+        if error.request_id is None:
+            error.request_id = request_id
+        raise error
+    # Finished: drain what little follows [DONE] so the connection can be reused.
+    drained = 0
+    with trio.move_on_after(DRAIN_SECONDS):
+        async for data in reads:
+            drained += len(data)
+            if drained > DRAIN_BYTES:
+                break
+
+
+async def read_error_body(
+    response: httpx.Response, reads: AsyncIterator[bytes], redactor: Redactor
+) -> bytes:
+    """An error response's body for its message: at most ``MAX_ERROR_BODY`` decoded bytes,
+    inflated window by window, with the key taken out before anything is parsed or quoted."""
+    # At most MAX_ERROR_BODY decoded bytes, inflated window by window; the key is taken
+    # out before anything is parsed or quoted (run_attempt scrubs the result again).
+    try:
+        decode = _body_decoder(response.headers)
+    except StreamProtocolError as exc:
+        return f"(body not decoded: {exc})".encode()
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for data in reads:
+            for window in decode(data):
+                parts.append(window)
+                size += len(window)
+                if size >= MAX_ERROR_BODY:
+                    break
+            if size >= MAX_ERROR_BODY:
+                break
+    except StreamProtocolError:
+        pass  # a corrupt compressed error body: what was decoded is still worth quoting
+    return redactor.data(b"".join(parts)[:MAX_ERROR_BODY])
+
+
 class OpenAILLM(LLM):
     """Streams chat completions from an OpenAI-compatible ``/chat/completions`` endpoint.
 
@@ -618,75 +726,10 @@ class OpenAILLM(LLM):
         emit: ChunkEmitter,
         request_id: str | None,
     ) -> None:
-        parser = ChatCompletionParser()
-        quiet = 0  # body bytes since the last complete data event
-        identity = decode is _identity_windows
-        async for data in reads:
-            # The common read (uncompressed, at most one window) skips the window generator.
-            windows = (data,) if identity and len(data) <= READ_WINDOW else decode(data)
-            for window in windows:
-                progress = parser.progress
-                chunks = parser.feed(window)
-                # Progress is a complete data event, not a byte: keep-alive comments, blank
-                # lines and partial lines never call send, so they never reset the runtime's
-                # idle clock. A normal read is one window, so this is one send per read.
-                if chunks or parser.progress != progress:
-                    quiet = 0
-                    await emit.send(chunks)
-                else:
-                    quiet += len(window)
-                if parser.finished:
-                    break
-                if quiet > MAX_QUIET_BYTES:
-                    raise StreamProtocolError(
-                        f"more than {MAX_QUIET_BYTES} bytes of body without a complete event",
-                        request_id=request_id,
-                    )
-            if parser.finished:
-                break
-            # After the commit point emit.send hands chunks over without a checkpoint, and an
-            # in-process transport's reads may not have one either: a cancelled attempt (the
-            # consumer left, a time limit fired) must stop here, before its next read.
-            await trio.lowlevel.checkpoint_if_cancelled()
-        else:
-            progress = parser.progress
-            chunks = parser.end()
-            if chunks or parser.progress != progress:
-                await emit.send(chunks)
-        error = parser.error
-        if error is not None:
-            if error.request_id is None:
-                error.request_id = request_id
-            raise error
-        # Finished: drain what little follows [DONE] so the connection can be reused.
-        drained = 0
-        with trio.move_on_after(DRAIN_SECONDS):
-            async for data in reads:
-                drained += len(data)
-                if drained > DRAIN_BYTES:
-                    break
+        await pump_body(ChatCompletionParser(), reads, decode, emit, request_id)
 
     async def _bounded_body(self, response: httpx.Response, reads: AsyncIterator[bytes]) -> bytes:
-        # At most MAX_ERROR_BODY decoded bytes, inflated window by window; the key is taken
-        # out before anything is parsed or quoted (run_attempt scrubs the result again).
-        try:
-            decode = _body_decoder(response.headers)
-        except StreamProtocolError as exc:
-            return f"(body not decoded: {exc})".encode()
-        parts: list[bytes] = []
-        size = 0
-        try:
-            async for data in reads:
-                for window in decode(data):
-                    parts.append(window)
-                    size += len(window)
-                    if size >= MAX_ERROR_BODY:
-                        break
-                if size >= MAX_ERROR_BODY:
-                    break
-        except StreamProtocolError:
-            pass  # a corrupt compressed error body: what was decoded is still worth quoting
-        return self._redactor.data(b"".join(parts)[:MAX_ERROR_BODY])
+        return await read_error_body(response, reads, self._redactor)
 
     async def _status_error(
         self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None

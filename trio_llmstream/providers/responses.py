@@ -44,19 +44,13 @@ from typing import Any, ClassVar
 
 import httpx
 import msgspec
-import trio
 
 from .._core._responses import PROVIDER, ResponsesParser
-from .._exceptions import StreamProtocolError
 from .._llm import ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice, ProviderItem
 from .openai import (
-    DRAIN_BYTES,
-    DRAIN_SECONDS,
-    MAX_QUIET_BYTES,
-    READ_WINDOW,
     OpenAILLM,
-    _identity_windows,
+    pump_body,
 )
 
 __all__ = ["OpenAIResponsesLLM"]
@@ -258,45 +252,5 @@ class OpenAIResponsesLLM(OpenAILLM):
         emit: ChunkEmitter,
         request_id: str | None,
     ) -> None:
-        # The chat provider's read loop with the Responses parser: progress-based sends (a read
-        # that completed no event is not progress), a bound on quiet bytes, a cancellation
-        # check between reads, and a short drain after the terminal event.
-        parser = ResponsesParser()
-        quiet = 0
-        identity = decode is _identity_windows
-        async for data in reads:
-            windows = (data,) if identity and len(data) <= READ_WINDOW else decode(data)
-            for window in windows:
-                progress = parser.progress
-                chunks = parser.feed(window)
-                if chunks or parser.progress != progress:
-                    quiet = 0
-                    await emit.send(chunks)
-                else:
-                    quiet += len(window)
-                if parser.finished:
-                    break
-                if quiet > MAX_QUIET_BYTES:
-                    raise StreamProtocolError(
-                        f"more than {MAX_QUIET_BYTES} bytes of body without a complete event",
-                        request_id=request_id,
-                    )
-            if parser.finished:
-                break
-            await trio.lowlevel.checkpoint_if_cancelled()
-        else:
-            progress = parser.progress
-            chunks = parser.end()
-            if chunks or parser.progress != progress:
-                await emit.send(chunks)
-        error = parser.error
-        if error is not None:
-            if error.request_id is None:
-                error.request_id = request_id
-            raise error
-        drained = 0
-        with trio.move_on_after(DRAIN_SECONDS):
-            async for data in reads:
-                drained += len(data)
-                if drained > DRAIN_BYTES:
-                    break
+        await pump_body(ResponsesParser(), reads, decode, emit, request_id)
+
