@@ -36,20 +36,17 @@ point, which the runtime decides); a body ending before ``message_stop`` a
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
 import msgspec
-import trio
 
 from .._core._anthropic import AnthropicParser
 from .._exceptions import (
     APIError,
     APIStatusError,
-    APITimeoutError,
     ProviderError,
     StreamProtocolError,
 )
@@ -58,18 +55,15 @@ from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
 from ._redact import Redactor
 from .openai import (
     EVENT_STREAM_TYPES,
-    HTTPXError,
     _body_decoder,
     _error_message,
     _media_type,
-    _reads,
-    _RequestBody,
     _should_retry,
-    _unwind,
+    not_a_stream_error,
     parse_retry_after,
+    post_streaming,
     pump_body,
     read_error_body,
-    translate_httpx_error,
 )
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicLLM", "build_messages"]
@@ -291,29 +285,14 @@ class AnthropicLLM(LLM):
     async def _attempt(
         self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
     ) -> None:
-        timeouts = attempt.timeouts
-        connect = timeouts.connect
-        timeout = httpx.Timeout(connect=connect, read=None, write=connect, pool=connect)
         content = self.encode_body(request)
-        http_request = self._client.build_request(
-            "POST", self._url, content=content, headers=self._headers, timeout=timeout
+
+        async def read(response: httpx.Response, reads: AsyncIterator[bytes]) -> None:
+            await self._read(response, reads, emit)
+
+        await post_streaming(
+            self._client, self._url, content, self._headers, attempt.timeouts, read
         )
-        http_request.stream = _RequestBody(content)
-        headers_limit = timeouts.headers
-        try:
-            with trio.move_on_after(math.inf if headers_limit is None else headers_limit) as wait:
-                response = await self._client.send(http_request, stream=True)
-            if wait.cancelled_caught:
-                assert headers_limit is not None
-                await trio.lowlevel.checkpoint_if_cancelled()
-                raise APITimeoutError("headers", headers_limit)
-            reads = _reads(response)
-            try:
-                await self._read(response, reads, emit)
-            finally:
-                await _unwind(response, reads)
-        except HTTPXError as exc:
-            raise translate_httpx_error(exc, connect_timeout=connect) from exc
 
     async def _read(
         self, response: httpx.Response, reads: AsyncIterator[bytes], emit: ChunkEmitter
@@ -326,14 +305,7 @@ class AnthropicLLM(LLM):
         if media_type == "application/json" or media_type.endswith("+json"):
             raise await self._json_instead_of_stream(response, reads, request_id)
         if media_type not in EVENT_STREAM_TYPES:
-            body = await self._bounded_body(response, reads)
-            excerpt = " ".join(body[:400].decode("utf-8", "replace").split())[:200]
-            raise StreamProtocolError(
-                f"expected text/event-stream, got {headers.get('content-type', '')!r}"
-                + (f": {excerpt}" if excerpt else " (empty body)"),
-                retryable=False,
-                request_id=request_id,
-            )
+            raise await not_a_stream_error(response, reads, self._redactor, request_id)
         await self._stream_body(reads, _body_decoder(headers), emit, request_id)
 
     async def _stream_body(

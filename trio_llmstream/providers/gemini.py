@@ -43,26 +43,22 @@ from typing import Any, Final
 
 import httpx
 import msgspec
-import trio
 
 from .._core._gemini import GeminiStreamParser, gemini_error
-from .._exceptions import APIError, APIStatusError, APITimeoutError, StreamProtocolError
+from .._exceptions import APIError, APIStatusError, StreamProtocolError
 from .._llm import LLM, AttemptInfo, ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice, ProviderItem
 from ._redact import Redactor
 from .openai import (
     EVENT_STREAM_TYPES,
-    HTTPXError,
     _body_decoder,
     _media_type,
-    _reads,
-    _RequestBody,
     _should_retry,
-    _unwind,
+    not_a_stream_error,
     parse_retry_after,
+    post_streaming,
     pump_body,
     read_error_body,
-    translate_httpx_error,
 )
 
 __all__ = ["GeminiLLM"]
@@ -367,29 +363,14 @@ class GeminiLLM(LLM):
     async def _attempt(
         self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
     ) -> None:
-        timeouts = attempt.timeouts
-        connect = timeouts.connect
-        timeout = httpx.Timeout(connect=connect, read=None, write=connect, pool=connect)
         content = _encoder.encode(self.build_body(request))
-        http_request = self._client.build_request(
-            "POST", self._url, content=content, headers=self._headers, timeout=timeout
+
+        async def read(response: httpx.Response, reads: AsyncIterator[bytes]) -> None:
+            await self._read(response, reads, emit)
+
+        await post_streaming(
+            self._client, self._url, content, self._headers, attempt.timeouts, read
         )
-        http_request.stream = _RequestBody(content)
-        headers_limit = timeouts.headers
-        try:
-            with trio.move_on_after(math.inf if headers_limit is None else headers_limit) as wait:
-                response = await self._client.send(http_request, stream=True)
-            if wait.cancelled_caught:
-                assert headers_limit is not None
-                await trio.lowlevel.checkpoint_if_cancelled()
-                raise APITimeoutError("headers", headers_limit)
-            reads = _reads(response)
-            try:
-                await self._read(response, reads, emit)
-            finally:
-                await _unwind(response, reads)
-        except HTTPXError as exc:
-            raise translate_httpx_error(exc, connect_timeout=connect) from exc
 
     async def _read(
         self, response: httpx.Response, reads: AsyncIterator[bytes], emit: ChunkEmitter
@@ -402,13 +383,7 @@ class GeminiLLM(LLM):
         if media_type == "application/json" or media_type.endswith("+json"):
             raise await self._json_instead_of_stream(response, reads, request_id)
         if media_type not in EVENT_STREAM_TYPES:
-            body = await self._bounded_body(response, reads)
-            excerpt = " ".join(body[:400].decode("utf-8", "replace").split())[:200]
-            raise StreamProtocolError(
-                f"expected text/event-stream, got {headers.get('content-type', '')!r}"
-                + (f": {excerpt}" if excerpt else " (empty body)"),
-                request_id=request_id,
-            )
+            raise await not_a_stream_error(response, reads, self._redactor, request_id)
         await self._stream_body(reads, _body_decoder(headers), emit, request_id)
 
     async def _stream_body(

@@ -55,7 +55,7 @@ import os
 import time
 import types
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import httpx
@@ -73,6 +73,7 @@ from .._exceptions import (
 )
 from .._llm import LLM, AttemptInfo, ChunkEmitter
 from .._models import ChatChunk, ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
+from .._options import Timeouts
 from ._redact import Redactor
 
 __all__ = ["OpenAILLM", "translate_httpx_error"]
@@ -439,6 +440,45 @@ def _wire_message(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
+async def post_streaming(
+    client: httpx.AsyncClient,
+    url: str,
+    content: bytes,
+    headers: Mapping[str, str],
+    timeouts: Timeouts,
+    read: Callable[[httpx.Response, AsyncIterator[bytes]], Awaitable[None]],
+) -> None:
+    """POST ``content`` and hand the streamed response and its raw reads to ``read``: the
+    attempt flow every provider shares. ``timeouts.connect`` bounds connecting, writing and
+    waiting for a pooled connection, ``timeouts.headers`` the wait for the response headers;
+    the body is always unwound (closed, reading nothing more) however ``read`` ends, and
+    httpx's exceptions are translated here. Cancellation: closes the response and its
+    connection at once.
+    """
+    connect = timeouts.connect
+    timeout = httpx.Timeout(connect=connect, read=None, write=connect, pool=connect)
+    http_request = client.build_request(
+        "POST", url, content=content, headers=headers, timeout=timeout
+    )
+    http_request.stream = _RequestBody(content)
+    headers_limit = timeouts.headers
+    try:
+        with trio.move_on_after(math.inf if headers_limit is None else headers_limit) as wait:
+            response = await client.send(http_request, stream=True)
+        if wait.cancelled_caught:
+            assert headers_limit is not None
+            # Had the attempt itself been cancelled at the same moment, that wins.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise APITimeoutError("headers", headers_limit)
+        reads = _reads(response)
+        try:
+            await read(response, reads)
+        finally:
+            await _unwind(response, reads)
+    except HTTPXError as exc:
+        raise translate_httpx_error(exc, connect_timeout=connect) from exc
+
+
 class BodyParser(Protocol):
     """What :func:`pump_body` needs of a protocol's bytes-level parser."""
 
@@ -545,6 +585,26 @@ async def read_error_body(
     except StreamProtocolError:
         pass  # a corrupt compressed error body: what was decoded is still worth quoting
     return redactor.data(b"".join(parts)[:MAX_ERROR_BODY])
+
+
+async def not_a_stream_error(
+    response: httpx.Response,
+    reads: AsyncIterator[bytes],
+    redactor: Redactor,
+    request_id: str | None,
+) -> StreamProtocolError:
+    """The error for a 200 that is not an event stream (a proxy's HTML page, say): names the
+    content type and quotes the start of the body; not retryable, the same answer comes
+    again."""
+    body = await read_error_body(response, reads, redactor)
+    excerpt = " ".join(body[:400].decode("utf-8", "replace").split())[:200]
+    content_type = response.headers.get("content-type", "")
+    return StreamProtocolError(
+        f"expected text/event-stream, got {content_type!r}"
+        + (f": {excerpt}" if excerpt else " (empty body)"),
+        retryable=False,
+        request_id=request_id,
+    )
 
 
 class OpenAILLM(LLM):
@@ -679,30 +739,14 @@ class OpenAILLM(LLM):
     async def _attempt(
         self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
     ) -> None:
-        timeouts = attempt.timeouts
-        connect = timeouts.connect
-        timeout = httpx.Timeout(connect=connect, read=None, write=connect, pool=connect)
         content = _encoder.encode(self.build_body(request))
-        http_request = self._client.build_request(
-            "POST", self._url, content=content, headers=self._headers, timeout=timeout
+
+        async def read(response: httpx.Response, reads: AsyncIterator[bytes]) -> None:
+            await self._read(response, reads, emit)
+
+        await post_streaming(
+            self._client, self._url, content, self._headers, attempt.timeouts, read
         )
-        http_request.stream = _RequestBody(content)
-        headers_limit = timeouts.headers
-        try:
-            with trio.move_on_after(math.inf if headers_limit is None else headers_limit) as wait:
-                response = await self._client.send(http_request, stream=True)
-            if wait.cancelled_caught:
-                assert headers_limit is not None
-                # Had the attempt itself been cancelled at the same moment, that wins.
-                await trio.lowlevel.checkpoint_if_cancelled()
-                raise APITimeoutError("headers", headers_limit)
-            reads = _reads(response)
-            try:
-                await self._read(response, reads, emit)
-            finally:
-                await _unwind(response, reads)
-        except HTTPXError as exc:
-            raise translate_httpx_error(exc, connect_timeout=connect) from exc
 
     async def _read(
         self, response: httpx.Response, reads: AsyncIterator[bytes], emit: ChunkEmitter
@@ -766,12 +810,4 @@ class OpenAILLM(LLM):
     async def _not_a_stream(
         self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None
     ) -> APIError:
-        body = await self._bounded_body(response, reads)
-        excerpt = " ".join(body[:400].decode("utf-8", "replace").split())[:200]
-        content_type = response.headers.get("content-type", "")
-        return StreamProtocolError(
-            f"expected text/event-stream, got {content_type!r}"
-            + (f": {excerpt}" if excerpt else " (empty body)"),
-            retryable=False,
-            request_id=request_id,
-        )
+        return await not_a_stream_error(response, reads, self._redactor, request_id)
