@@ -4,13 +4,21 @@ The streamed chunk is shaped like livekit-agents' ``ChatChunk`` (``request_id``,
 ``usage``) so that its users feel at home. Chunks are built once per wire chunk by the core and
 never mutated afterwards; list-typed fields are lists for familiarity, but treat them as
 read-only.
+
+An empty ``ChoiceDelta.tool_calls`` or ``ChatChunk.choices`` (the default, and what the parsers
+put in every text chunk) is one shared, read-only empty list, ``NO_CALLS`` / ``NO_CHOICES``: a
+``list`` equal to ``[]`` in every way a reader sees (comparison, repr, iteration, JSON), except
+that adding to it raises ``TypeError``; ``list(x)``, ``x.copy()``, ``copy.copy`` and pickling
+give an ordinary list. Why: a stream builds one chunk per token, and a fresh ``[]`` per chunk
+was one of its five garbage-collector-tracked objects (issue 16; benchmarks/PROFILE.md, cost 1).
+A shared mutable list would let one chunk's mutation show in every other chunk, so it refuses.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Final, Literal, NoReturn, Protocol, SupportsIndex, TypeAlias, cast
 
 import attrs
 
@@ -193,19 +201,77 @@ class CompletionUsage:
     source: UsageSource = "provider"
 
 
+class _EmptyList(list[Any]):
+    """The type of the shared empty list (``NO_CALLS`` / ``NO_CHOICES``): empty for good.
+
+    Every method that could add an item raises ``TypeError`` (removing ones find nothing to
+    remove); copies and pickles are ordinary lists, which may then be edited. ``list.append(x,
+    ...)`` called on it directly still works, as ``object.__setattr__`` does on a frozen class:
+    don't.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, items: Iterable[Any] = (), /) -> None:
+        # list.__init__ is not called: the list starts empty and stays so. An empty iterable
+        # is accepted, so that attrs' asdict(retain_collection_types=True) can rebuild one.
+        for _ in items:
+            _refuse()
+
+    def append(self, item: Any, /) -> NoReturn:
+        _refuse()
+
+    def extend(self, items: Iterable[Any], /) -> NoReturn:
+        _refuse()
+
+    def insert(self, index: SupportsIndex, item: Any, /) -> NoReturn:
+        _refuse()
+
+    def __setitem__(self, key: Any, value: Any, /) -> NoReturn:
+        _refuse()
+
+    # mypy wants __iadd__ to return what __add__ does; this one never returns.
+    def __iadd__(self, items: Iterable[Any], /) -> NoReturn:  # type: ignore[misc]
+        _refuse()
+
+    def __copy__(self) -> list[Any]:
+        return []
+
+    def __deepcopy__(self, memo: object) -> list[Any]:
+        return []
+
+    def __reduce__(self) -> tuple[type[list[Any]], tuple[()]]:
+        # An ordinary empty list once unpickled: no private name in the pickle.
+        return (list, ())
+
+
+def _refuse() -> NoReturn:
+    raise TypeError(
+        "this empty list is shared by every chunk and read-only; copy it (list(x)) to edit"
+    )
+
+
+_EMPTY: Final = _EmptyList()
+#: The shared read-only empty ``tool_calls`` of a ``ChoiceDelta`` (see the module docstring).
+NO_CALLS: Final = cast("list[FunctionCall]", _EMPTY)
+#: The shared read-only empty ``choices`` of a ``ChatChunk`` (see the module docstring).
+NO_CHOICES: Final = cast("list[Choice]", _EMPTY)
+
+
 @attrs.frozen
 class ChoiceDelta:
     """What one chunk adds to one choice.
 
     ``content`` is answer text, ``reasoning`` the model's reasoning text (``reasoning_content``
-    or ``reasoning`` on the wire), kept apart. ``tool_calls`` holds only *complete* calls.
-    ``provider_items`` are complete pieces the provider needs back on the next turn (see
-    ``ProviderItem``); they are not visible output.
+    or ``reasoning`` on the wire), kept apart. ``tool_calls`` holds only *complete* calls;
+    when there are none it is the shared read-only empty list ``NO_CALLS`` (equal to ``[]``;
+    see the module docstring). ``provider_items`` are complete pieces the provider needs back
+    on the next turn (see ``ProviderItem``); they are not visible output.
     """
 
     role: ChatRole | None = None
     content: str | None = None
-    tool_calls: list[FunctionCall] = attrs.field(factory=list)
+    tool_calls: list[FunctionCall] = attrs.field(default=NO_CALLS)
     reasoning: str | None = None
     provider_items: tuple[ProviderItem, ...] = ()
 
@@ -226,10 +292,14 @@ class Choice:
 
 @attrs.frozen
 class ChatChunk:
-    """One streamed chunk: deltas for one or more choices, and usage when the server sent it."""
+    """One streamed chunk: deltas for one or more choices, and usage when the server sent it.
+
+    A usage-only chunk's ``choices`` is the shared read-only empty list ``NO_CHOICES`` (equal
+    to ``[]``; see the module docstring).
+    """
 
     request_id: str
-    choices: list[Choice] = attrs.field(factory=list)
+    choices: list[Choice] = attrs.field(default=NO_CHOICES)
     usage: CompletionUsage | None = None
 
     @property

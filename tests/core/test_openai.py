@@ -9,6 +9,7 @@ however its bytes are cut into reads, and the parser's shortcut must agree with 
 from __future__ import annotations
 
 import copy
+import gc
 import itertools
 import json
 import pickle
@@ -31,6 +32,7 @@ from trio_llmstream import (
     StreamTruncatedError,
 )
 from trio_llmstream._core import _build, _openai
+from trio_llmstream._core._build import NO_CALLS, NO_CHOICES
 from trio_llmstream._core._openai import ChatCompletionAssembler, ChatCompletionParser
 from trio_llmstream._core._sse import ServerSentEvent, SSEDecoder
 
@@ -1053,10 +1055,48 @@ def test_fast_built_objects_are_genuine() -> None:
     assert attrs.evolve(chunk, usage=None) == chunk
     assert pickle.loads(pickle.dumps(chunk)) == chunk
     assert copy.deepcopy(chunk) == chunk
-    # Each chunk has its own tool_calls list.
+    # Chunks without calls share one empty tool_calls list (they used to get a fresh list each,
+    # one GC-tracked object per chunk: issue 16). It refuses to grow, so no chunk's edit can
+    # show in another: what a list per chunk used to guarantee.
     assert chunk.delta is not None
     assert out.chunks[2].delta is not None
-    assert chunk.delta.tool_calls is not out.chunks[2].delta.tool_calls
+    assert chunk.delta.tool_calls is out.chunks[2].delta.tool_calls is NO_CALLS
+    with pytest.raises(TypeError, match="read-only"):
+        chunk.delta.tool_calls.append(FunctionCall("c", "f", "{}"))
+    assert out.chunks[2].delta.tool_calls == []
+
+
+def _tracked_objects(chunk: ChatChunk) -> int:
+    """The distinct GC-tracked objects a chunk is made of, not counting shared ones."""
+    parts: list[object] = [chunk, chunk.choices, chunk.usage]
+    for choice in chunk.choices:
+        delta = choice.delta
+        parts += [choice, delta, delta.tool_calls, delta.provider_items]
+    shared = (NO_CALLS, NO_CHOICES)
+    distinct = {id(o): o for o in parts if not any(o is s for s in shared)}
+    return sum(gc.is_tracked(o) for o in distinct.values())
+
+
+def test_text_chunks_hold_four_tracked_objects() -> None:
+    # The garbage collector's work under many concurrent streams grows with the tracked
+    # objects per chunk (benchmarks/PROFILE.md, cost 1): a text chunk is the chunk, its
+    # choices list, the choice and the delta; it was five with a fresh tool_calls list.
+    out = parse(OPENAI_TEXT)
+    text_chunks = [k for k in out.chunks if k.text and k.delta is not None and not k.delta.role]
+    assert len(text_chunks) >= 3
+    for chunk in text_chunks:
+        assert _tracked_objects(chunk) == 4
+    # The general path (the role chunk, the finish chunk) builds no fresh empty list either.
+    assert_empty_lists_shared(out.chunks)
+
+
+def assert_empty_lists_shared(chunks: list[ChatChunk]) -> None:
+    for chunk in chunks:
+        if not chunk.choices:
+            assert chunk.choices is NO_CHOICES
+        for choice in chunk.choices:
+            if not choice.delta.tool_calls:
+                assert choice.delta.tool_calls is NO_CALLS
 
 
 def test_fast_construction_guard() -> None:
@@ -1273,6 +1313,20 @@ def test_parser_byte_by_byte(body: bytes) -> None:
     expected = reference(body, [1])
     assert out == expected
     assert out.timeline == expected.timeline
+
+
+@pytest.mark.parametrize("name", sorted(TRANSCRIPTS))
+def test_empty_lists_are_shared_in_every_transcript(name: str) -> None:
+    assert_empty_lists_shared(parse(TRANSCRIPTS[name]).chunks)
+    assert_empty_lists_shared(reference(TRANSCRIPTS[name]).chunks)
+
+
+@given(body=sse_bodies(), reads=reads_strategy)
+def test_empty_lists_are_shared_on_any_input(body: bytes, reads: list[int]) -> None:
+    # Whatever the path that built a chunk (the parser's shortcut and fast path, the general
+    # path of feed_events, the flush at the end), an empty list in it is the shared one.
+    assert_empty_lists_shared(parse(body, reads).chunks)
+    assert_empty_lists_shared(reference(body).chunks)
 
 
 # -- tool-call fragment plans -----------------------------------------------------------------

@@ -13,6 +13,16 @@ This only works while the public classes stay slotted, without validators, conve
 post-init hook, and while every builder fills every field: ``_check_fast_construction`` fails
 at import when a class's fields no longer match ``FAST_FIELDS``, so adding a field to the data
 model cannot silently leave a slot unset.
+
+Empty lists: a chunk without tool calls gets ``NO_CALLS`` and a chunk without choices
+``NO_CHOICES``, the model's one shared read-only empty list, never a fresh ``[]``: GC-tracked
+objects per text chunk go from five to four (the chunk, its ``choices`` list, the choice, the
+delta), which is what collections under concurrency are paid for (benchmarks/PROFILE.md, cost
+1). ``make_delta`` and ``make_chunk`` substitute them for an empty list they are given; a copy
+of the construction inlined elsewhere should store them directly (``d.tool_calls = NO_CALLS``).
+The ``choices`` of a chunk with choices stays a fresh list (not a tuple): it holds a tracked
+``Choice``, so a tuple would be tracked as well, and ``chunk.choices == [...]`` must keep
+working.
 """
 
 from __future__ import annotations
@@ -22,10 +32,21 @@ from typing import Any, Final, cast
 
 import attrs
 
+from .._models import NO_CALLS as NO_CALLS
+from .._models import NO_CHOICES as NO_CHOICES
 from .._models import ChatChunk, ChatRole, Choice, ChoiceDelta, CompletionUsage, FunctionCall
 from .._models import ProviderItem as ProviderItem
 
-__all__ = ["FillChoice", "FillChunk", "FillDelta", "make_choice", "make_chunk", "make_delta"]
+__all__ = [
+    "NO_CALLS",
+    "NO_CHOICES",
+    "FillChoice",
+    "FillChunk",
+    "FillDelta",
+    "make_choice",
+    "make_chunk",
+    "make_delta",
+]
 
 
 def _twin(cls: type) -> Callable[[], Any]:
@@ -80,10 +101,11 @@ def make_delta(
     reasoning: str | None,
     provider_items: Sequence[ProviderItem] = (),
 ) -> ChoiceDelta:
+    """``tool_calls`` is kept as given (not copied) unless empty: then ``NO_CALLS``."""
     d = FillDelta()
     d.role = role
     d.content = content
-    d.tool_calls = tool_calls
+    d.tool_calls = tool_calls or NO_CALLS
     d.reasoning = reasoning
     d.provider_items = tuple(provider_items)
     d.__class__ = ChoiceDelta
@@ -109,9 +131,10 @@ def make_choice(
 def make_chunk(
     request_id: str, choices: list[Choice], usage: CompletionUsage | None
 ) -> ChatChunk:
+    """``choices`` is kept as given (not copied) unless empty: then ``NO_CHOICES``."""
     k = FillChunk()
     k.request_id = request_id
-    k.choices = choices
+    k.choices = choices or NO_CHOICES
     k.usage = usage
     k.__class__ = ChatChunk
     return cast(ChatChunk, k)
