@@ -18,12 +18,22 @@ same run, best of several rounds each:
   ``EventSource`` drives them), then ``json.loads`` and appending the text: a common stack.
 
 All three must produce the same text; the script checks that before timing.
+
+Then the objects a chunk is made of (issue 16, cost 1 of benchmarks/PROFILE.md): the
+GC-tracked allocations per chunk (gen-0 count growth with the collector off and every chunk
+kept), and the parser's time with every chunk kept (a collected response: the collector runs,
+collections counted) against chunks dropped after each read (a streaming consumer: they die
+young). ``--ab PATH`` adds the parser of another checkout of this repository (say the commit
+before a change, ``git archive <commit> | tar -x -C PATH``), imported alongside under another
+name and timed in the same interleaved rounds: a before/after ratio from one run.
 """
 
 from __future__ import annotations
 
 import codecs
 import gc
+import importlib
+import importlib.util
 import json
 import random
 import sys
@@ -96,7 +106,11 @@ def cut(body: bytes, size: int) -> list[bytes]:
 
 
 def run_ours(reads: list[bytes]) -> list[ChatChunk]:
-    parser = ChatCompletionParser()
+    return run_ours_with(ChatCompletionParser, reads)
+
+
+def run_ours_with(parser_class: type, reads: list[bytes]) -> list[ChatChunk]:
+    parser = parser_class()
     chunks = []
     for data in reads:
         chunks.extend(parser.feed(data))
@@ -122,6 +136,75 @@ def run_ours_via_events(reads: list[bytes]) -> list[ChatChunk]:
     if assembler.error is not None or not assembler.done:
         raise SystemExit(f"the assembler failed: {assembler.error!r}")
     return chunks
+
+
+def run_ours_dropped(reads: list[bytes], parser_class: type = ChatCompletionParser) -> str:
+    # A streaming consumer: each read's chunks are looked at (their text) and dropped.
+    parser = parser_class()
+    parts = []
+    for data in reads:
+        for chunk in parser.feed(data):
+            parts.append(chunk.text)
+        if parser.finished:
+            break
+    for chunk in parser.end():
+        parts.append(chunk.text)
+    if parser.error is not None or not parser.done:
+        raise SystemExit(f"the parser failed: {parser.error!r}")
+    return "".join(parts)
+
+
+def load_other_parser(root: str) -> type:
+    """``ChatCompletionParser`` of the checkout at ``root``, imported as ``trio_llmstream_ab``
+    (the package imports itself only relatively, so it loads under another name)."""
+    init = Path(root) / "trio_llmstream" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        "trio_llmstream_ab", init, submodule_search_locations=[str(init.parent)]
+    )
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--ab: no trio_llmstream package under {root}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["trio_llmstream_ab"] = module
+    spec.loader.exec_module(module)
+    parser: type = importlib.import_module("trio_llmstream_ab._core._openai").ChatCompletionParser
+    return parser
+
+
+def tracked_per_chunk(parser_class: type, reads: list[bytes]) -> float:
+    """GC-tracked allocations per chunk: the gen-0 count's growth with the collector off and
+    every chunk kept (a tracked object counts when allocated, and uncounts when freed)."""
+    gc.collect()
+    gc.disable()
+    try:
+        parser = parser_class()
+        kept = []
+        start = gc.get_count()[0]
+        for data in reads:
+            kept.append(parser.feed(data))
+        kept.append(parser.end())
+        grown = gc.get_count()[0] - start
+    finally:
+        gc.enable()
+    chunks = sum(len(batch) for batch in kept)
+    return (grown - len(kept)) / chunks  # minus the list each feed returns
+
+
+class Collections:
+    """gc.callbacks: collections per generation while active."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            self.count[info["generation"]] += 1
+
+    def __enter__(self) -> Collections:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
 
 
 def text_of(result: object) -> str:
@@ -184,6 +267,8 @@ def best_of(
 
 def main() -> None:
     quick = "--quick" in sys.argv
+    other = sys.argv[sys.argv.index("--ab") + 1] if "--ab" in sys.argv else None
+    other_parser = load_other_parser(other) if other else None
     body, text = build_body()
     n = N_CHUNKS + 3  # + role, finish and usage chunks
     print(
@@ -196,6 +281,10 @@ def main() -> None:
         "floor (split + orjson + text)": run_floor,
         "httpx-sse + json.loads": run_httpx_sse,
     }
+    if other_parser is not None:
+        pipelines["--ab tree (ChatCompletionParser)"] = lambda reads: run_ours_with(
+            other_parser, reads
+        )
     print(f"\n{'read size':>9}  {'pipeline':<32} {'us/chunk':>9} {'chunks/s':>12} {'/ floor':>8}")
     for size in READ_SIZES:
         reads = cut(body, size)
@@ -211,7 +300,52 @@ def main() -> None:
                 f"{size:>9}  {name:<32} {us:>9.2f} {n / seconds:>12,.0f} {seconds / floor:>7.2f}x"
             )
         ours = results["ours (ChatCompletionParser)"]
-        print(f"{'':>9}  ours / floor = {ours / floor:.2f}\n")
+        print(f"{'':>9}  ours / floor = {ours / floor:.2f}")
+        if other_parser is not None:
+            ab = results["--ab tree (ChatCompletionParser)"]
+            print(f"{'':>9}  ours / --ab tree = {ours / ab:.3f}")
+        print()
+    objects(body, text, n, other_parser, quick)
+
+
+def objects(body: bytes, text: str, n: int, other_parser: type | None, quick: bool) -> None:
+    """Tracked allocations per chunk; the parser with chunks kept (GC on) or dropped."""
+    reads = cut(body, 4096)
+    parsers: dict[str, type] = {"ours": ChatCompletionParser}
+    if other_parser is not None:
+        parsers["--ab tree"] = other_parser
+    pipelines: dict[str, Callable[[list[bytes]], object]] = {}
+    for name, cls in parsers.items():
+        pipelines[f"{name}, chunks kept"] = lambda reads, cls=cls: run_ours_with(cls, reads)
+        pipelines[f"{name}, chunks dropped"] = lambda reads, cls=cls: run_ours_dropped(reads, cls)
+    for name, fn in pipelines.items():
+        if text_of(fn(reads)) != text:
+            raise SystemExit(f"{name} produced the wrong text")
+    rounds = 5 if quick else 25
+    best = dict.fromkeys(pipelines, float("inf"))
+    collections: dict[str, list[int]] = {}
+    for _ in range(rounds):
+        for name, fn in pipelines.items():
+            gc.collect()
+            with Collections() as counted:
+                start = time.perf_counter()
+                fn(reads)
+                seconds = time.perf_counter() - start
+            if seconds < best[name]:
+                best[name], collections[name] = seconds, counted.count
+    print("Objects: 4 KiB reads; GC-tracked allocations per chunk (collector off, chunks kept);")
+    print("the parser with every chunk kept (GC on: collections in its best round) or dropped")
+    print(f"{'parser':<10} {'tracked/chunk':>13}   {'kept us/chunk':>13} {'collections':>15}"
+          f"   {'dropped us/chunk':>16} {'collections':>12}")  # fmt: skip
+    for name, cls in parsers.items():
+        kept, dropped = f"{name}, chunks kept", f"{name}, chunks dropped"
+        print(f"{name:<10} {tracked_per_chunk(cls, reads):>13.2f}   "
+              f"{best[kept] / n * 1e6:>13.2f} {collections[kept]!s:>15}   "
+              f"{best[dropped] / n * 1e6:>16.2f} {collections[dropped]!s:>12}")  # fmt: skip
+    if other_parser is not None:
+        for what in ("kept", "dropped"):
+            ratio = best[f"ours, chunks {what}"] / best[f"--ab tree, chunks {what}"]
+            print(f"ours / --ab tree, chunks {what}: {ratio:.3f}")
 
 
 if __name__ == "__main__":
