@@ -264,9 +264,10 @@ class ChoiceDelta:
 
     ``content`` is answer text, ``reasoning`` the model's reasoning text (``reasoning_content``
     or ``reasoning`` on the wire), kept apart. ``tool_calls`` holds only *complete* calls;
-    when there are none it is the shared read-only empty list ``NO_CALLS`` (equal to ``[]``;
-    see the module docstring). ``provider_items`` are complete pieces the provider needs back
-    on the next turn (see ``ProviderItem``); they are not visible output.
+    when there are none it is a shared read-only empty list (equal to ``[]``; adding to it
+    raises ``TypeError``; see the module docstring). ``provider_items`` are complete pieces
+    the provider needs back on the next turn (see ``ProviderItem``); they are not visible
+    output.
     """
 
     role: ChatRole | None = None
@@ -294,8 +295,8 @@ class Choice:
 class ChatChunk:
     """One streamed chunk: deltas for one or more choices, and usage when the server sent it.
 
-    A usage-only chunk's ``choices`` is the shared read-only empty list ``NO_CHOICES`` (equal
-    to ``[]``; see the module docstring).
+    A usage-only chunk's ``choices`` is a shared read-only empty list (equal to ``[]``; adding
+    to it raises ``TypeError``; see the module docstring).
     """
 
     request_id: str
