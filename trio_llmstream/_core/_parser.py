@@ -150,6 +150,16 @@ class EventStreamParser:
 
     ``finished``, ``error``, ``progress``, ``usage`` and ``request_id`` are the assembler's.
     Synchronous and free of I/O: there is no cancellation behaviour.
+
+    A protocol whose blocks take another shape (Anthropic's and Responses' two-line
+    ``event:``/``data:`` blocks) keeps this framing (BOM and CR hand-over, windows, the pending
+    unfinished block, the cut at the last blank line, the bounds) and supplies only its block
+    handler: a subclass overrides :meth:`_blocks` (whole blocks, their final blank line cut off,
+    from a block boundary; any block it does not take apart goes to :meth:`_whole_block`) and
+    calls :meth:`_use_shortcut` from ``__init__`` with what to do with the data of lone
+    ``data: `` blocks (``message`` events; a read that is exactly one such block skips
+    ``_blocks``). It must give what the decoder would: the tests check each protocol's parser
+    against the plain decoder on arbitrary input under arbitrary chunkings.
     """
 
     __slots__ = (
@@ -187,6 +197,12 @@ class EventStreamParser:
         self._started = False
         # Whether the decoder has been started on this stream (see _prime).
         self._primed = False
+
+    def _use_shortcut(self, payloads: _FeedPayloads) -> None:
+        # For a subclass with its own _blocks (see the class docstring): the shortcut is on,
+        # and ``payloads`` takes the data of lone "data: " blocks.
+        self._fast = True
+        self._payloads = payloads
 
     @property
     def finished(self) -> bool:
@@ -364,13 +380,17 @@ class EventStreamParser:
                 elif block[:1] == b":":
                     continue
                 else:
-                    self._prime()
-                    self._to_decoder(block + b"\n\n", out)
+                    self._whole_block(block, out)
             else:
-                self._prime()
-                self._to_decoder(block + b"\n\n", out)
+                self._whole_block(block, out)
             if asm.finished:
                 return
+
+    def _whole_block(self, block: bytes | bytearray, out: list[ChatChunk]) -> None:
+        # One whole block of any shape (its final blank line cut off), at a block boundary:
+        # the decoder's rules decide.
+        self._prime()
+        self._to_decoder(block + b"\n\n", out)
 
     def _prime(self) -> None:
         # The decoder only ever sees input from a block boundary. If it did not see the stream

@@ -99,7 +99,8 @@ from ._openai import (
     _reason,
     _utf8_len,
 )
-from ._sse import WINDOW, ServerSentEvent, SSEDecoder
+from ._parser import EventStreamParser
+from ._sse import ServerSentEvent
 
 __all__ = ["DEFAULT_MAX_PARTS", "PROVIDER", "ResponsesAssembler", "ResponsesParser"]
 
@@ -752,29 +753,26 @@ _HANDLERS: Final = {
 # -- the bytes level ------------------------------------------------------------------------------
 
 
-class ResponsesParser:
-    """Bytes of a Responses body -> ``ChatChunk``s: the contract of
+class ResponsesParser(EventStreamParser):
+    """Bytes of a Responses body -> ``ChatChunk``s: the shared
     :class:`~trio_llmstream._core._parser.EventStreamParser` (``feed`` per read, ``end``,
     ``finished``/``error``/``progress``/``usage``/``request_id``; nothing raises; the same
-    output under any chunking), with a framing shortcut.
+    output under any chunking; its framing: BOM and CR hand-over, windows, the pending
+    unfinished block, the bounds) with the Responses block handler.
 
-    Framing every event through the ``SSEDecoder`` (lines, fields, one ``ServerSentEvent`` and
+    Framing every event through the SSE decoder (lines, fields, one ``ServerSentEvent`` and
     its strings per event) costs three times what decoding the event's JSON does. But nearly
-    every block the Responses API sends is exactly ``event: <name>\\ndata: <json>``. So, as long
-    as the stream is LF-only (no CR seen) and did not start with a possible BOM, complete
-    blocks are cut at ``\\n\\n`` and a block of that form (or a lone ``data: `` line, or a
-    one-line comment, which changes nothing) no longer than the SSE bounds is handed to the
-    assembler directly, its JSON as bytes; any other block goes to the decoder whole, at a
-    block boundary, where the decoder's state is what it would have been had it seen
-    everything (the chat parser's rule, ``_core/_openai.py``). A CR, a possible BOM or an
-    unfinished block longer than the bounds hands all further input to the decoder for good.
-    Reads longer than a window are fed a window at a time (bounded working memory). The tests
-    check the shortcut against the plain decoder on arbitrary input under any chunking.
-    Synchronous and free of I/O: no cancellation behaviour.
+    every block the Responses API sends is exactly ``event: <name>\\ndata: <json>``. So a
+    block of that form (or a lone ``data: `` line, or a one-line comment, which changes
+    nothing) no longer than the SSE bounds is handed to the assembler directly, its JSON as
+    bytes; any other block goes to the decoder whole, at a block boundary (``_whole_block``).
+    The tests check this parser against the plain decoder on arbitrary input under any
+    chunking. Synchronous and free of I/O: no cancellation behaviour.
     """
 
-    __slots__ = ("_fast", "_limit", "_pending", "_primed", "_started", "_window", "assembler",
-                 "decoder")
+    __slots__ = ()
+
+    assembler: ResponsesAssembler
 
     def __init__(
         self,
@@ -785,87 +783,24 @@ class ResponsesParser:
         max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
         max_parts: int = DEFAULT_MAX_PARTS,
     ) -> None:
-        self.assembler = ResponsesAssembler(
+        assembler = ResponsesAssembler(
             max_tool_argument_bytes=max_tool_argument_bytes,
             max_tool_calls=max_tool_calls,
             max_parts=max_parts,
         )
-        self.decoder = SSEDecoder(max_line_size, max_event_size)
-        self._fast = True
-        # A block at most this long is within both SSE bounds, whatever it holds.
-        self._limit = min(max_line_size, max_event_size)
-        self._window = min(self._limit, WINDOW)
-        self._pending = bytearray()
-        self._started = False
-        self._primed = False
+        super().__init__(assembler, max_line_size=max_line_size, max_event_size=max_event_size)
+        self._use_shortcut(self._lone_data)
 
-    @property
-    def finished(self) -> bool:
-        return self.assembler.finished
+    def _lone_data(self, payloads: Iterable[bytes | bytearray], out: list[ChatChunk]) -> None:
+        # The data of lone "data: " blocks: message events (no event name).
+        self.assembler._feed_batch([(b"", bytes(data)) for data in payloads], out)
 
-    @property
-    def error(self) -> APIError | None:
-        return self.assembler.error
-
-    @property
-    def progress(self) -> int:
-        return self.assembler.progress
-
-    @property
-    def usage(self) -> CompletionUsage | None:
-        return self.assembler.usage
-
-    @property
-    def request_id(self) -> str | None:
-        return self.assembler.request_id
-
-    def feed(self, data: bytes) -> list[ChatChunk]:
-        """Process the next read; return the chunks it completes. Input after the stream
-        finished is ignored."""
-        asm = self.assembler
-        out: list[ChatChunk] = []
-        if asm.finished or not data:
-            return out
-        if type(data) is not bytes:
-            data = bytes(data)
-        if not self._fast:
-            self._to_decoder(data, out)
-            return out
-        if not self._started:
-            self._started = True
-            if data[0] == 0xEF:
-                # Perhaps a BOM: the decoder's business, from the very first byte.
-                self._primed = True
-                self._leave_fast(data, out)
-                return out
-        if 13 in data:
-            self._leave_fast(data, out)
-            return out
-        window = self._window
-        if len(data) > window:
-            for start in range(0, len(data), window):
-                out += self.feed(data[start : start + window])
-                if asm.finished:
-                    break
-            return out
-        pending = self._pending
-        start = len(pending)
-        pending += data
-        cut = pending.rfind(b"\n\n", start - 1 if start > 1 else 0)
-        if cut < 0:
-            if len(pending) > self._limit:
-                self._leave_fast(b"", out)
-            return out
-        region = bytes(pending[:cut])
-        del pending[: cut + 2]
-        self._blocks(region, out)
-        if len(pending) > self._limit and not asm.finished:
-            self._leave_fast(b"", out)
-        return out
-
-    def _blocks(self, region: bytes, out: list[ChatChunk]) -> None:
+    def _blocks(self, region: bytes | bytearray, out: list[ChatChunk]) -> None:
         # Whole blocks (separators cut off), from a block boundary, in order.
         asm = self.assembler
+        # Split bytes, not the bytearray: its pieces would be bytearrays, and the empty ones of
+        # a run of blank lines a new object each (see EventStreamParser._irregular).
+        region = bytes(region)
         limit = self._limit
         batch: list[tuple[bytes, bytes]] = []
         for block in region.split(b"\n\n"):
@@ -894,76 +829,8 @@ class ResponsesParser:
                 batch = []
                 if asm.finished:
                     return
-            self._prime()
-            self._to_decoder(block + b"\n\n", out)
+            self._whole_block(block, out)
             if asm.finished:
                 return
         if batch:
             asm._feed_batch(batch, out)
-
-    def end(self) -> list[ChatChunk]:
-        """The body ended: an unterminated last block is discarded (the SSE rules), then the
-        assembler decides between a proper ending and truncation. Idempotent."""
-        asm = self.assembler
-        out: list[ChatChunk] = []
-        if asm.finished:
-            return out
-        if self._fast and self._pending:
-            self._leave_fast(b"", out)
-        if not asm.finished:
-            try:
-                events = self.decoder.end()
-            except StreamProtocolError as exc:
-                asm.fail(exc)
-                return out
-            except RuntimeError:  # end() called again
-                events = []
-            out += asm.feed_events(events)
-        if not asm.finished:
-            out += asm.end()
-        return out
-
-    def _prime(self) -> None:
-        # The decoder only ever sees input from a block boundary; a leading blank line (a no-op
-        # by the SSE rules) settles its BOM check, so a later block's bytes are never taken for
-        # the stream's BOM.
-        if not self._primed:
-            self._primed = True
-            self.decoder.feed(b"\n")
-
-    def _leave_fast(self, data: bytes, out: list[ChatChunk]) -> None:
-        self._fast = False
-        self._prime()
-        pending = self._pending
-        self._pending = bytearray()
-        if pending:
-            self._to_decoder(bytes(pending), out)
-        if data and not self.assembler.finished:
-            self._to_decoder(data, out)
-
-    def _to_decoder(self, data: bytes, out: list[ChatChunk]) -> None:
-        window = self._window
-        for start in range(0, len(data), window):
-            self._decode(data[start : start + window], out)
-            if self.assembler.finished:
-                return
-
-    def _decode(self, data: bytes, out: list[ChatChunk]) -> None:
-        decoder = self.decoder
-        asm = self.assembler
-        try:
-            events = decoder.feed(data)
-        except StreamProtocolError as exc:
-            asm.fail(exc)
-            return
-        deferred: StreamProtocolError | None = None
-        if events:
-            # The decoder returns the events before a bound violation and raises it on the
-            # next call: ask at once, so the error is reported with this read.
-            try:
-                decoder.feed(b"")
-            except StreamProtocolError as exc:
-                deferred = exc
-        out += asm.feed_events(events)
-        if deferred is not None and not asm.finished:
-            asm.fail(deferred)
