@@ -234,7 +234,96 @@ limits = st.one_of(
 )
 
 
+class ToyBlocks(EventStreamParser):
+    """The shared framing with a protocol's own block handler, as Anthropic's and Responses'
+    parsers use it: two-line ``event:``/``data:`` blocks taken apart here, every other block
+    through ``_whole_block`` (the decoder), lone data lines through ``_use_shortcut``."""
+
+    __slots__ = ()
+
+    assembler: ToyEvents
+
+    def __init__(self, assembler: ToyEvents, **limits: int) -> None:
+        super().__init__(assembler, **limits)
+        self._use_shortcut(self._lone_data)
+
+    def _lone_data(self, payloads: Iterable[bytes | bytearray], out: list[ChatChunk]) -> None:
+        out += self.assembler.feed_events(
+            ServerSentEvent(data=bytes(p).decode("utf-8", "replace")) for p in payloads
+        )
+
+    def _blocks(self, region: bytes | bytearray, out: list[ChatChunk]) -> None:
+        asm = self.assembler
+        for block in bytes(region).split(b"\n\n"):
+            if not block:
+                continue
+            nl = block.find(10)
+            if (
+                len(block) <= self._limit
+                and block.startswith(b"event: ")
+                and block.startswith(b"data: ", nl + 1)
+                and block.find(10, nl + 1) < 0
+            ):
+                name = block[7:nl].decode("utf-8", "replace")
+                data = block[nl + 7 :].decode("utf-8", "replace")
+                out += asm.feed_events([ServerSentEvent(name, data)])
+            else:
+                self._whole_block(block, out)
+            if asm.finished:
+                return
+
+
+def through_blocks(reads: Sequence[bytes], **limits: int) -> Run:
+    asm = ToyEvents()
+    parser = ToyBlocks(asm, **limits)
+    chunks: list[ChatChunk] = []
+    moved: list[bool] = []
+    failed: list[bool] = []
+    for data in reads:
+        before = parser.progress
+        chunks += parser.feed(data)
+        moved.append(parser.progress != before)
+        failed.append(parser.error is not None)
+    chunks += parser.end()
+    assert parser.finished
+    assert parser.end() == []
+    assert parser.feed(b"event: x\ndata: late\n\n") == []
+    return _result(asm, chunks, moved, failed)
+
+
 # -- properties ----------------------------------------------------------------------------------
+
+
+@given(bodies, limits, st.data())
+def test_the_skeleton_with_a_protocol_s_block_handler_matches_the_reference(
+    body: bytes, bounds: dict[str, int], data: st.DataObject
+) -> None:
+    # The framing skeleton alone (BOM and CR hand-over, windows, pending block, bounds), as the
+    # Anthropic and Responses parsers share it: under any chunking, the decoder's result.
+    expected = reference([body], **bounds)
+    for reads in ([body], bytewise(body), data.draw(split_points(body), label="reads")):
+        ref = reference(reads, **bounds)
+        got = through_blocks(reads, **bounds)
+        assert got == expected
+        assert got.failed == ref.failed
+        assert got.moved == ref.moved
+
+
+@given(st.binary(max_size=400), limits, st.data())
+def test_the_skeleton_matches_the_reference_on_arbitrary_bytes(
+    body: bytes, bounds: dict[str, int], data: st.DataObject
+) -> None:
+    expected = reference([body], **bounds)
+    assert through_blocks([body], **bounds) == expected
+    reads = data.draw(split_points(body), label="reads")
+    assert through_blocks(reads, **bounds) == expected
+
+
+def test_the_skeleton_windows_a_huge_read() -> None:
+    # One read far beyond a window: processed a window at a time, the same result.
+    body = b"event: ping\ndata: p\n\n" * (3 * WINDOW // 20) + b"data: x\n\ndata: END\n\n"
+    assert through_blocks([body]) == reference([body])
+    assert through_blocks([body]).texts == ["x"]
 
 
 @given(bodies, limits, st.data())

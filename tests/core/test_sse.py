@@ -597,7 +597,7 @@ def test_server_sent_event_fields_are_the_slots_the_shortcut_sets() -> None:
     assert [f.name for f in attrs.fields(ServerSentEvent)] == ["event", "data", "id", "retry"]
     slots = set(_sse._EventSlots.__slots__) - {"__weakref__"}
     assert slots == {"event", "data", "id", "retry"}
-    assert ServerSentEvent.__slots__ == ()  # type: ignore[attr-defined]
+    assert ServerSentEvent.__slots__ == ()
     assert _sse._EventBuilder.__slots__ == ()
     assert ServerSentEvent.__basicsize__ == _sse._EventBuilder.__basicsize__
 
