@@ -89,7 +89,7 @@ problem and raises in both: bad limits (``ValueError``), ``feed`` after ``end`` 
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import ClassVar, Final, cast
 
 import attrs
 
@@ -114,18 +114,8 @@ _SIZE_CHECK = 8192
 _MAX_RETRY_DIGITS = 640
 
 
-class _EventSlots:
-    # The storage of a ServerSentEvent, in a base class so that a plain twin can share it
-    # (_EventBuilder below; ServerSentEvent itself reuses these slots, attrs adds none).
-    __slots__ = ("__weakref__", "data", "event", "id", "retry")
-    event: str
-    data: str
-    id: str
-    retry: int | None
-
-
 @attrs.frozen
-class ServerSentEvent(_EventSlots):
+class ServerSentEvent:
     """One dispatched event.
 
     ``event`` is the type ("message" unless an ``event:`` field set one), ``data`` the data lines
@@ -139,17 +129,21 @@ class ServerSentEvent(_EventSlots):
     retry: int | None = None
 
 
-class _EventBuilder(_EventSlots):
-    # A mutable twin of ServerSentEvent: the same storage (it adds no slots, nor does
-    # ServerSentEvent), so an instance can be filled in with plain attribute stores and then
-    # become a ServerSentEvent by ``__class__`` assignment, which Python allows between classes
-    # with the same layout. That is how the decoder builds events (_new_event): the attrs
-    # ``__init__`` stores each field through ``object.__setattr__`` by name (a third of the
-    # per-event cost once), and even the member descriptors' ``__set__`` called from Python
-    # cost 0.2 µs an event more than these stores, which the interpreter specialises. Every
-    # field is set, so the result is indistinguishable from a constructed event (tests compare
-    # type, equality, hash, repr, attrs.asdict/evolve and frozenness).
+class _EventBuilder(ServerSentEvent):
+    # A mutable twin of ServerSentEvent (the pattern of _core/_build.py): a subclass adding no
+    # slots, so the same layout, with object's plain __init__/__setattr__. An instance is
+    # filled in with plain attribute stores, then becomes a genuine ServerSentEvent by
+    # ``__class__`` assignment, which Python allows between classes with the same layout. That
+    # is how the decoder builds events (_new_event): the attrs ``__init__`` stores each field
+    # through ``object.__setattr__`` by name (a third of the per-event cost once), and even the
+    # member descriptors' ``__set__`` called from Python cost 0.2 µs an event more than these
+    # stores, which the interpreter specialises. Every field is set, so the result is
+    # indistinguishable from a constructed event (tests compare type, equality, hash, repr,
+    # attrs.asdict/evolve, pickling and frozenness).
     __slots__ = ()
+    __init__ = object.__init__
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
 
 
 _new = object.__new__
@@ -162,8 +156,8 @@ def _new_event(event: str, data: str, id: str, retry: int | None) -> ServerSentE
     new.data = data
     new.id = id
     new.retry = retry
-    new.__class__ = ServerSentEvent  # type: ignore[assignment]
-    return new  # type: ignore[return-value]
+    new.__class__ = ServerSentEvent
+    return cast("ServerSentEvent", new)
 
 
 class EventStreamDecoder:
@@ -430,8 +424,8 @@ class EventStreamDecoder:
                     event.data = value.decode("utf-8", "replace")
                 event.id = last_id
                 event.retry = None
-                event.__class__ = final  # type: ignore[assignment]
-                append(event)  # type: ignore[arg-type]
+                event.__class__ = final
+                append(event)
         else:
             for value in pieces:
                 if 10 in value:
