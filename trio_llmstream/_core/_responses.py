@@ -75,6 +75,7 @@ bare floor and with openai-python's own parsing of the same bytes.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import repeat
 from typing import Any, Final
 
 import msgspec
@@ -184,6 +185,12 @@ _decode_item: Final = msgspec.json.Decoder(_WireItem).decode
 _decode_any: Final = msgspec.json.Decoder().decode
 
 _TEXT_DELTA: Final = "response.output_text.delta"
+# The head of a text delta's block, and the separator that cuts a run of them (see
+# ResponsesParser._blocks).
+_DELTA_NAME: Final = _TEXT_DELTA.encode()
+_DELTA_HEAD: Final = b"event: " + _DELTA_NAME + b"\ndata: "
+_DELTA_SEPARATOR: Final = b"\n\n" + _DELTA_HEAD
+_HEAD_SIZE: Final = len(_DELTA_HEAD)
 _SUMMARY_DELTA: Final = "response.reasoning_summary_text.delta"
 
 
@@ -301,17 +308,19 @@ class ResponsesAssembler:
 
     # -- events -----------------------------------------------------------------------------------
 
-    def _feed_batch(self, batch: list[tuple[bytes, bytes]], out: list[ChatChunk]) -> None:
-        # Events from ResponsesParser's framing shortcut, (name, data) as bytes not yet decoded
-        # from UTF-8: what feed_events does for them, with the text delta of a part already
-        # seen (almost every event of a stream) handled inline.
+    def _feed_batch(
+        self, names: Iterable[bytes], datas: Iterable[bytes], out: list[ChatChunk]
+    ) -> None:
+        # Events from ResponsesParser's framing shortcut, names and data (paired in order) as
+        # bytes not yet decoded from UTF-8: what feed_events does for them, with the text delta
+        # of a part already seen (almost every event of a stream) handled inline.
         if self.finished:
             return
         self.progress += 1
         decode = _decode_event
         append = out.append
         text_delta = _TEXT_DELTA
-        for name, data in batch:
+        for name, data in zip(names, datas, strict=False):  # names may be repeat()
             try:
                 wire = decode(data)
             except _JSON_ERRORS:
@@ -793,16 +802,70 @@ class ResponsesParser(EventStreamParser):
 
     def _lone_data(self, payloads: Iterable[bytes | bytearray], out: list[ChatChunk]) -> None:
         # The data of lone "data: " blocks: message events (no event name).
-        self.assembler._feed_batch([(b"", bytes(data)) for data in payloads], out)
+        self.assembler._feed_batch(repeat(b""), [bytes(data) for data in payloads], out)
 
     def _blocks(self, region: bytes | bytearray, out: list[ChatChunk]) -> None:
-        # Whole blocks (separators cut off), from a block boundary, in order.
+        # Whole blocks, their final blank line cut off, from a block boundary. Most are text
+        # deltas: one C-level split at "<blank line>event: response.output_text.delta<LF>data: "
+        # leaves, between two separators, the JSON of such an event if the piece holds no LF
+        # (a data line cannot hold one); one test on the joined pieces finds that out for the
+        # whole read. Whatever else a piece holds after its first line is other blocks, taken
+        # apart by _general. (bytes, not the bytearray: see EventStreamParser._irregular.)
         asm = self.assembler
-        # Split bytes, not the bytearray: its pieces would be bytearrays, and the empty ones of
-        # a run of blank lines a new object each (see EventStreamParser._irregular).
         region = bytes(region)
+        pieces = region.split(_DELTA_SEPARATOR)
+        first = pieces[0]
+        if first[:_HEAD_SIZE] == _DELTA_HEAD:
+            pieces[0] = first[_HEAD_SIZE:]  # the region starts with a text delta's block
+        else:
+            self._general(first, out)
+            if asm.finished:
+                return
+            del pieces[0]
+        if not pieces:
+            return
+        room = self._limit - _HEAD_SIZE
+        if len(region) <= room and 10 not in b"".join(pieces):
+            asm._feed_batch(repeat(_DELTA_NAME), pieces, out)  # the usual read
+            return
+        batch: list[bytes] = []
+        for piece in pieces:
+            if 10 in piece or len(piece) > room:
+                if batch:
+                    asm._feed_batch(repeat(_DELTA_NAME), batch, out)
+                    batch = []
+                    if asm.finished:
+                        return
+                self._odd_piece(piece, room, out)
+                if asm.finished:
+                    return
+                continue
+            batch.append(piece)
+        if batch:
+            asm._feed_batch(repeat(_DELTA_NAME), batch, out)
+
+    def _odd_piece(self, piece: bytes, room: int, out: list[ChatChunk]) -> None:
+        # A piece after a text-delta separator that is more than one short data line.
+        nl = piece.find(10)
+        if nl >= 0 and piece[nl : nl + 2] != b"\n\n":
+            # More lines in this block (an id, a second data line): the general path.
+            self._general(_DELTA_HEAD + piece, out)
+            return
+        data, rest = (piece[:nl], piece[nl:]) if nl >= 0 else (piece, b"")
+        if len(data) > room:
+            # Perhaps beyond a limit: the decoder decides (and reports the bound).
+            self._whole_block(_DELTA_HEAD + data, out)
+        else:
+            self.assembler._feed_batch((_DELTA_NAME,), (data,), out)
+        if rest and not self.assembler.finished:
+            self._general(rest, out)
+
+    def _general(self, region: bytes, out: list[ChatChunk]) -> None:
+        # Whole blocks of any kind, in order (empty pieces are blank lines between blocks).
+        asm = self.assembler
         limit = self._limit
-        batch: list[tuple[bytes, bytes]] = []
+        names: list[bytes] = []
+        datas: list[bytes] = []
         for block in region.split(b"\n\n"):
             if not block:
                 continue
@@ -810,10 +873,12 @@ class ResponsesParser(EventStreamParser):
                 nl = block.find(10)
                 if nl < 0:
                     if block.startswith(b"data: "):
-                        batch.append((b"", block[6:]))
+                        names.append(b"")
+                        datas.append(block[6:])
                         continue
                     if block.startswith(b"data:"):
-                        batch.append((b"", block[5:]))
+                        names.append(b"")
+                        datas.append(block[5:])
                         continue
                     if block.startswith(b":"):
                         continue
@@ -822,15 +887,17 @@ class ResponsesParser(EventStreamParser):
                     and block.startswith(b"data: ", nl + 1)
                     and block.find(10, nl + 1) < 0
                 ):
-                    batch.append((block[7:nl], block[nl + 7 :]))
+                    names.append(block[7:nl])
+                    datas.append(block[nl + 7 :])
                     continue
-            if batch:
-                asm._feed_batch(batch, out)
-                batch = []
+            if datas:
+                asm._feed_batch(names, datas, out)
+                names = []
+                datas = []
                 if asm.finished:
                     return
             self._whole_block(block, out)
             if asm.finished:
                 return
-        if batch:
-            asm._feed_batch(batch, out)
+        if datas:
+            asm._feed_batch(names, datas, out)
