@@ -482,3 +482,32 @@ def test_the_parser_reports_the_assembler_s_state() -> None:
     assert parser.assembler is asm
     assert (parser.progress, parser.request_id, parser.usage) == (1, "toy", None)
     assert (parser.finished, parser.error) == (False, None)
+
+
+@pytest.mark.parametrize("size", [4096, WINDOW])
+def test_a_parser_holds_only_its_unfinished_block_between_reads(size: int) -> None:
+    # Memory per stream: after a read is consumed the parser keeps the unfinished block's
+    # bytes, not the capacity the read needed (a bytearray keeps its allocation when its front
+    # is deleted unless it shrinks well below it: a window's worth per idle stream otherwise).
+    import gc
+    import tracemalloc
+
+    block = b"data: " + b"x" * 90 + b"\n\n"
+    partial = b"data: " + b"y" * 94  # 100 bytes of an event still to come
+    read = block * ((size - len(partial)) // len(block))
+    read += partial
+    parsers = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(100):
+            parser = EventStreamParser(ToyPayloads())
+            parser.feed(read)
+            parsers.append(parser)
+        held = (tracemalloc.get_traced_memory()[0] - before) / len(parsers)
+    finally:
+        tracemalloc.stop()
+    assert all(not p.finished and p.error is None for p in parsers)
+    # The parser, its decoder and the toy assembler are ~1 KiB; the unfinished block 100 bytes.
+    assert held < 2048, held
