@@ -65,10 +65,11 @@ stream (``max_tool_calls``) and the output parts remembered for the ``.done`` ru
 (``max_parts``); each event is bounded by the SSE decoder's event size. Text is never
 accumulated.
 
-Speed: :class:`ResponsesParser` is the bytes level, with a framing shortcut for the usual
-``event:``/``data:`` blocks (the shared ``SSEDecoder`` builds a ``ServerSentEvent`` and its
-strings per event, which cost more than decoding the JSON); a text delta of a part already
-seen is assembled inline. The benchmark (``benchmarks/bench_responses.py``) compares it with a
+Speed: :class:`ResponsesParser` is the bytes level: the shared parser's framing with a block
+handler for the usual ``event:``/``data:`` blocks (the SSE decoder builds a
+``ServerSentEvent`` and its strings per event, which cost more than decoding the JSON); text
+deltas are cut out of a read with one split at their block's head, and a text delta of a part
+already seen is assembled inline. The benchmark (``benchmarks/bench_responses.py``) compares it with a
 bare floor and with openai-python's own parsing of the same bytes.
 """
 
