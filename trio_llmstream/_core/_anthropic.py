@@ -119,10 +119,9 @@ FINISH_REASONS: Final = {
 
 _EXCERPT = 120
 _MAX_MESSAGE = 2000
-# The head of a text delta's block, and the separator that cuts a run of them (see
+# The head of a text delta's block, which cuts a run of them (see
 # AnthropicParser._blocks).
 _DELTA_HEAD: Final = b"event: content_block_delta\ndata: "
-_DELTA_SEPARATOR: Final = b"\n\n" + _DELTA_HEAD
 _HEAD_SIZE: Final = len(_DELTA_HEAD)
 PROVIDER: Final = "anthropic"
 
@@ -748,19 +747,13 @@ class AnthropicParser(EventStreamParser):
         # text deltas: one C-level split at "<blank line>event: content_block_delta<LF>data: "
         # leaves, between two separators, the JSON of such an event if the piece holds no LF
         # (a data line cannot hold one). Whatever else a piece holds after its first line is
-        # other blocks, taken apart by _general.
+        # other blocks, taken apart by _other_blocks.
         asm = self.assembler
         # Split bytes, not the bytearray: its pieces would be bytearrays, and the empty ones of
         # a run of blank lines a new object each (see EventStreamParser._irregular).
-        pieces = bytes(region).split(_DELTA_SEPARATOR)
-        first = pieces[0]
-        if first[:_HEAD_SIZE] == _DELTA_HEAD:
-            pieces[0] = first[_HEAD_SIZE:]  # the region starts with a text delta's block
-        else:
-            self._general(first, out)
-            if asm.finished:
-                return
-            del pieces[0]
+        pieces = self._split_at_head(_DELTA_HEAD, bytes(region), out)
+        if pieces is None:
+            return
         room = self._limit - _HEAD_SIZE
         decode = _decode_event
         rid = asm._rid
@@ -769,7 +762,7 @@ class AnthropicParser(EventStreamParser):
         try:
             for piece in pieces:
                 if 10 in piece or len(piece) > room:
-                    self._odd_piece(piece, room, out)
+                    self._head_piece(_DELTA_HEAD, piece, out)
                     if asm.finished:
                         return
                     rid = asm._rid
@@ -821,23 +814,11 @@ class AnthropicParser(EventStreamParser):
         finally:
             asm.progress += count
 
-    def _odd_piece(self, piece: bytes, room: int, out: list[ChatChunk]) -> None:
-        # A piece after a text-delta separator that is more than one short data line.
-        nl = piece.find(10)
-        if nl >= 0 and piece[nl : nl + 2] != b"\n\n":
-            # More lines in this block (an id, a second data line): the general path.
-            self._general(_DELTA_HEAD + piece, out)
-            return
-        data, rest = (piece[:nl], piece[nl:]) if nl >= 0 else (piece, b"")
-        if len(data) > room:
-            # Perhaps beyond a limit: the decoder decides (and reports the bound).
-            self._whole_block(_DELTA_HEAD + data, out)
-        else:
-            self.assembler._dispatch(False, data, out)
-        if rest and not self.assembler.finished:
-            self._general(rest, out)
+    def _head_data(self, data: bytes, out: list[ChatChunk]) -> None:
+        # A text delta's block that _blocks could not take inline (see _head_piece).
+        self.assembler._dispatch(False, data, out)
 
-    def _general(self, region: bytes, out: list[ChatChunk]) -> None:
+    def _other_blocks(self, region: bytes, out: list[ChatChunk]) -> None:
         # Whole blocks of any kind, in order (empty pieces are blank lines between blocks).
         asm = self.assembler
         dispatch = asm._dispatch

@@ -69,8 +69,8 @@ Speed: :class:`ResponsesParser` is the bytes level: the shared parser's framing 
 handler for the usual ``event:``/``data:`` blocks (the SSE decoder builds a
 ``ServerSentEvent`` and its strings per event, which cost more than decoding the JSON); text
 deltas are cut out of a read with one split at their block's head, and a text delta of a part
-already seen is assembled inline. The benchmark (``benchmarks/bench_responses.py``) compares it with a
-bare floor and with openai-python's own parsing of the same bytes.
+already seen is assembled inline. The benchmark (``benchmarks/bench_responses.py``) compares it
+with a bare floor and with openai-python's own parsing of the same bytes.
 """
 
 from __future__ import annotations
@@ -186,11 +186,10 @@ _decode_item: Final = msgspec.json.Decoder(_WireItem).decode
 _decode_any: Final = msgspec.json.Decoder().decode
 
 _TEXT_DELTA: Final = "response.output_text.delta"
-# The head of a text delta's block, and the separator that cuts a run of them (see
+# The head of a text delta's block, which cuts a run of them (see
 # ResponsesParser._blocks).
 _DELTA_NAME: Final = _TEXT_DELTA.encode()
 _DELTA_HEAD: Final = b"event: " + _DELTA_NAME + b"\ndata: "
-_DELTA_SEPARATOR: Final = b"\n\n" + _DELTA_HEAD
 _HEAD_SIZE: Final = len(_DELTA_HEAD)
 _SUMMARY_DELTA: Final = "response.reasoning_summary_text.delta"
 
@@ -811,18 +810,10 @@ class ResponsesParser(EventStreamParser):
         # leaves, between two separators, the JSON of such an event if the piece holds no LF
         # (a data line cannot hold one); one test on the joined pieces finds that out for the
         # whole read. Whatever else a piece holds after its first line is other blocks, taken
-        # apart by _general. (bytes, not the bytearray: see EventStreamParser._irregular.)
+        # apart by _other_blocks. (bytes, not the bytearray: see EventStreamParser._irregular.)
         asm = self.assembler
         region = bytes(region)
-        pieces = region.split(_DELTA_SEPARATOR)
-        first = pieces[0]
-        if first[:_HEAD_SIZE] == _DELTA_HEAD:
-            pieces[0] = first[_HEAD_SIZE:]  # the region starts with a text delta's block
-        else:
-            self._general(first, out)
-            if asm.finished:
-                return
-            del pieces[0]
+        pieces = self._split_at_head(_DELTA_HEAD, region, out)
         if not pieces:
             return
         room = self._limit - _HEAD_SIZE
@@ -837,7 +828,7 @@ class ResponsesParser(EventStreamParser):
                     batch = []
                     if asm.finished:
                         return
-                self._odd_piece(piece, room, out)
+                self._head_piece(_DELTA_HEAD, piece, out)
                 if asm.finished:
                     return
                 continue
@@ -845,23 +836,11 @@ class ResponsesParser(EventStreamParser):
         if batch:
             asm._feed_batch(repeat(_DELTA_NAME), batch, out)
 
-    def _odd_piece(self, piece: bytes, room: int, out: list[ChatChunk]) -> None:
-        # A piece after a text-delta separator that is more than one short data line.
-        nl = piece.find(10)
-        if nl >= 0 and piece[nl : nl + 2] != b"\n\n":
-            # More lines in this block (an id, a second data line): the general path.
-            self._general(_DELTA_HEAD + piece, out)
-            return
-        data, rest = (piece[:nl], piece[nl:]) if nl >= 0 else (piece, b"")
-        if len(data) > room:
-            # Perhaps beyond a limit: the decoder decides (and reports the bound).
-            self._whole_block(_DELTA_HEAD + data, out)
-        else:
-            self.assembler._feed_batch((_DELTA_NAME,), (data,), out)
-        if rest and not self.assembler.finished:
-            self._general(rest, out)
+    def _head_data(self, data: bytes, out: list[ChatChunk]) -> None:
+        # A text delta's block that _blocks could not take inline (see _head_piece).
+        self.assembler._feed_batch((_DELTA_NAME,), (data,), out)
 
-    def _general(self, region: bytes, out: list[ChatChunk]) -> None:
+    def _other_blocks(self, region: bytes, out: list[ChatChunk]) -> None:
         # Whole blocks of any kind, in order (empty pieces are blank lines between blocks).
         asm = self.assembler
         limit = self._limit
