@@ -142,8 +142,11 @@ def _result(asm: ToyEvents, chunks: list[ChatChunk], moved: list[bool], failed: 
     )
 
 
-def through_parser(asm: ToyEvents, reads: Sequence[bytes], **limits: int) -> Run:
-    parser = EventStreamParser(asm, **limits)
+def through_parser(
+    asm: ToyEvents, reads: Sequence[bytes], *, blocks: bool = False, **limits: int
+) -> Run:
+    # ``blocks``: through ToyBlocks (the skeleton with a protocol's own block handler).
+    parser = ToyBlocks(asm, **limits) if blocks else EventStreamParser(asm, **limits)
     chunks: list[ChatChunk] = []
     moved: list[bool] = []
     failed: list[bool] = []
@@ -274,21 +277,7 @@ class ToyBlocks(EventStreamParser):
 
 
 def through_blocks(reads: Sequence[bytes], **limits: int) -> Run:
-    asm = ToyEvents()
-    parser = ToyBlocks(asm, **limits)
-    chunks: list[ChatChunk] = []
-    moved: list[bool] = []
-    failed: list[bool] = []
-    for data in reads:
-        before = parser.progress
-        chunks += parser.feed(data)
-        moved.append(parser.progress != before)
-        failed.append(parser.error is not None)
-    chunks += parser.end()
-    assert parser.finished
-    assert parser.end() == []
-    assert parser.feed(b"event: x\ndata: late\n\n") == []
-    return _result(asm, chunks, moved, failed)
+    return through_parser(ToyEvents(), reads, blocks=True, **limits)
 
 
 # -- properties ----------------------------------------------------------------------------------
