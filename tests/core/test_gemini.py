@@ -540,17 +540,34 @@ _REGULAR = [
     blocks=st.lists(st.sampled_from(_REGULAR), max_size=12),
     endings=st.lists(st.sampled_from([b"\r\n\r\n", b"\n\n", b"\r\n", b"\n", b"\r\r"]), min_size=1),
     reads=st.lists(st.integers(1, 200), min_size=1, max_size=8),
+    # The frames above are 147 and 252 bytes: bounds that some of them break, all break, none.
+    limit=st.sampled_from([1 << 20, 1 << 20, 200, 100]),
 )
 def test_the_shortcut_agrees_with_the_general_path(
-    blocks: list[bytes], endings: list[bytes], reads: list[int]
+    blocks: list[bytes], endings: list[bytes], reads: list[int], limit: int
 ) -> None:
     # Mostly regular bodies (where the shortcut runs) with irregular blocks mixed in (where it
     # hands over to the general path mid-stream).
     data = b"".join(block + endings[i % len(endings)] for i, block in enumerate(blocks))
-    general = parse(data, shortcut=False)
-    assert parse(data) == general
-    assert parse(data, reads) == general
-    assert parse(data, reads, shortcut=False) == general
+    bounds = {"max_line_size": limit + 50, "max_event_size": limit}
+    general = parse(data, shortcut=False, **bounds)
+    assert parse(data, **bounds) == general
+    assert parse(data, reads, **bounds) == general
+    assert parse(data, reads, shortcut=False, **bounds) == general
+
+
+@pytest.mark.parametrize("shortcut", [True, False])
+def test_a_frame_beyond_the_event_bound_is_a_protocol_error_after_the_earlier_text(
+    shortcut: bool,
+) -> None:
+    # Frames are cut out of a read with one split; the SSE bounds still hold for each.
+    small = frame_bytes(gemini_frame([{"text": "ab"}]))
+    big = frame_bytes(gemini_frame([{"text": "x" * 300}]))
+    data = small + big + small
+    out = parse(data, shortcut=shortcut, max_line_size=1000, max_event_size=len(big) - 20)
+    assert out.text == "ab"
+    assert out.error is StreamProtocolError
+    assert "max_event_size" in (out.message or "")
 
 
 # -- UnframedText on its own ----------------------------------------------------------------------

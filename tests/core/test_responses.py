@@ -731,7 +731,12 @@ def sse_bodies(draw: st.DrawFn) -> bytes:
             ["named"] * 5 + ["data", "nospace", "id", "multiline", "comment", "blank", "empty_name",
              "spaced_name", "bad_utf8", "no_data", "two_names", "bom_mid"]
         ))
-        name = "error" if draw(st.integers(0, 5)) == 0 else "response.x"
+        # Text deltas are what ResponsesParser cuts out with its own separator: every form
+        # above must also be right when it carries that name.
+        name = draw(st.sampled_from(
+            ["error", "response.x", "response.x", "response.output_text.delta",
+             "response.output_text.delta", "response.output_text.delta"]
+        ))
         if kind == "named":
             blocks.append(f"event: {name}\ndata: {payload}\n\n".encode())
         elif kind == "data":
@@ -783,3 +788,28 @@ def test_shortcut_matches_the_shared_decoder_on_any_input(
     assert parse(data, **limits) == expected
     assert parse(data, reads, **limits) == expected
     assert parse(data, [1], **limits) == expected
+
+
+@pytest.mark.parametrize("shortcut", [True, False])
+@pytest.mark.parametrize("split", ["one read", "bytewise", "straddling"])
+def test_a_text_delta_beyond_the_event_bound_is_a_protocol_error_after_the_earlier_text(
+    shortcut: bool, split: str
+) -> None:
+    # Text deltas are cut out of a read by ResponsesParser's own separator; the SSE bounds
+    # still hold there: one data line past max_event_size ends the stream with a typed error,
+    # also when the whole oversize block reaches the block handler at once (its start pending
+    # from one read, its end in the next: "straddling").
+    head = sse(text_delta("a"), text_delta("b"))
+    big = sse(text_delta("x" * 300), numbered=False)
+    body = head + big + sse(text_delta("c"), COMPLETED, numbered=False)
+    limit = 250
+    assert limit < len(big) < 2 * limit
+    reads = {
+        "one read": None,
+        "bytewise": [1],
+        "straddling": [len(head) + limit - 10, limit, limit, limit, 4096],
+    }[split]
+    out = parse(body, reads, shortcut=shortcut, max_line_size=1000, max_event_size=limit)
+    assert out.text == "ab"
+    assert out.error is StreamProtocolError
+    assert "max_event_size" in (out.message or "")

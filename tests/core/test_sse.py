@@ -8,8 +8,11 @@ comparison, under hypothesis, with a deliberately slow reference written straigh
 
 from __future__ import annotations
 
+import copy
 import itertools
+import pickle
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -18,6 +21,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import trio_llmstream.sse as sse_module
+from trio_llmstream._core import _sse
 from trio_llmstream._core._sse import EventStreamDecoder
 from trio_llmstream._exceptions import StreamProtocolError
 from trio_llmstream.sse import ServerSentEvent, SSEDecoder
@@ -587,10 +591,24 @@ def test_events_are_ordinary_server_sent_events() -> None:
 
 
 def test_server_sent_event_fields_are_the_slots_the_shortcut_sets() -> None:
-    # The shortcut sets exactly these four slots; a new field would need setting there too.
+    # The decoder fills a twin (a subclass adding no slots) and switches its class: it sets
+    # exactly these four slots (a new field would need setting there too), and the twin may add
+    # no storage of its own, or the switch would fail.
     assert [f.name for f in attrs.fields(ServerSentEvent)] == ["event", "data", "id", "retry"]
     slots = set(ServerSentEvent.__slots__) - {"__weakref__"}  # type: ignore[attr-defined]
     assert slots == {"event", "data", "id", "retry"}
+    assert _sse._EventBuilder.__slots__ == ()
+    assert ServerSentEvent.__basicsize__ == _sse._EventBuilder.__basicsize__
+
+
+def test_decoded_events_pickle_copy_and_weakref_like_constructed_ones() -> None:
+    events = decode([b"data: a\n\nid: 7\nretry: 5\ndata: b\n\n"])
+    assert events == [E(data="a"), E(data="b", id="7", retry=5)]
+    for event in events:
+        assert pickle.loads(pickle.dumps(event)) == event
+        assert copy.copy(event) == event == copy.deepcopy(event)
+        assert weakref.ref(event)() is event
+        assert type(pickle.loads(pickle.dumps(event))) is ServerSentEvent
 
 
 def test_accepts_bytes_like() -> None:

@@ -90,7 +90,7 @@ from .._models import (
 from ._build import FillChoice, FillChunk, FillDelta, make_choice, make_chunk, make_delta
 from ._openai import _JSON_ERRORS, DEFAULT_MAX_TOOL_ARGUMENT_BYTES, DEFAULT_MAX_TOOL_CALLS
 from ._parser import EventStreamParser
-from ._sse import WINDOW, ServerSentEvent
+from ._sse import ServerSentEvent
 
 __all__ = [
     "DEFAULT_MAX_OPEN_BLOCKS",
@@ -119,10 +119,9 @@ FINISH_REASONS: Final = {
 
 _EXCERPT = 120
 _MAX_MESSAGE = 2000
-# The head of a text delta's block, and the separator that cuts a run of them (see
+# The head of a text delta's block, which cuts a run of them (see
 # AnthropicParser._blocks).
 _DELTA_HEAD: Final = b"event: content_block_delta\ndata: "
-_DELTA_SEPARATOR: Final = b"\n\n" + _DELTA_HEAD
 _HEAD_SIZE: Final = len(_DELTA_HEAD)
 PROVIDER: Final = "anthropic"
 
@@ -692,38 +691,28 @@ def _usage(counts: dict[str, int], source: Any) -> CompletionUsage:
 # -- the bytes level ------------------------------------------------------------------------------
 
 
-class AnthropicParser:
+class AnthropicParser(EventStreamParser):
     """Bytes of an Anthropic event-stream body -> ``ChatChunk``s, with a framing shortcut.
 
-    The same results as ``EventStreamParser(AnthropicAssembler(...))`` (the tests check it on
-    arbitrary input under arbitrary chunkings), faster on the blocks Anthropic sends. Those are
-    always ``event: <name>\\ndata: <json>\\n\\n``, which the shared decoder takes line by
-    line (its own shortcut is for blocks of one ``data:`` line). Here, while the stream has no
-    CR and did not start with a possible BOM, the bytes after the last blank line are kept
-    pending and the whole blocks before it are cut with one ``split``; a block that is exactly
-    an ``event: `` line and a ``data: `` line (or one ``data: `` line, or one comment line)
-    within the SSE limits is dispatched straight from its bytes: the event name decides
+    The shared :class:`~trio_llmstream._core._parser.EventStreamParser` (its framing: BOM and
+    CR hand-over, windows, the pending unfinished block, the bounds) with Anthropic's own block
+    handler. The same results as ``EventStreamParser(AnthropicAssembler(...))`` (the tests
+    check it on arbitrary input under arbitrary chunkings), faster on the blocks Anthropic
+    sends. Those are always ``event: <name>\\ndata: <json>\\n\\n``, which the shared decoder
+    takes line by line (its own shortcut is for blocks of one ``data:`` line). Here the whole
+    blocks of a read are cut with one ``split`` at the text-delta block's head; a block that is
+    exactly an ``event: `` line and a ``data: `` line (or one ``data: `` line, or one comment
+    line) within the SSE limits is dispatched straight from its bytes: the event name decides
     ``error``, the data goes to msgspec as bytes. Any other block is handed whole to the
-    shared decoder, at a block boundary, where its state is what it would have been had it
-    seen everything (it is primed with a blank line so that it never takes a later block's
-    first bytes for a BOM). A CR, a possible BOM, or pending bytes beyond the limits hand all
-    further input to the decoder for good. Larger reads are processed a window at a time, so
-    the memory held is the limits plus a window, whatever a server sends.
+    decoder, at a block boundary (``_whole_block``).
 
     ``feed`` and ``end`` never raise for a problem in the stream: read ``error`` and
     ``finished`` after each call. Synchronous and free of I/O: no cancellation behaviour.
     """
 
-    __slots__ = (
-        "_fast",
-        "_limit",
-        "_pending",
-        "_primed",
-        "_started",
-        "_window",
-        "assembler",
-        "inner",
-    )
+    __slots__ = ()
+
+    assembler: AnthropicAssembler
 
     def __init__(
         self,
@@ -735,107 +724,36 @@ class AnthropicParser:
         max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
         max_open_blocks: int = DEFAULT_MAX_OPEN_BLOCKS,
     ) -> None:
-        self.assembler = AnthropicAssembler(
+        assembler = AnthropicAssembler(
             max_tool_argument_bytes=max_tool_argument_bytes,
             max_thinking_bytes=max_thinking_bytes,
             max_tool_calls=max_tool_calls,
             max_open_blocks=max_open_blocks,
         )
-        self.inner = EventStreamParser(
-            self.assembler, max_line_size=max_line_size, max_event_size=max_event_size
-        )
-        self._fast = True
-        # A block at most this long is within both SSE limits, whatever it holds.
-        self._limit = min(max_line_size, max_event_size)
-        self._window = min(self._limit, WINDOW)
-        self._pending = bytearray()
-        self._started = False
-        self._primed = False
+        super().__init__(assembler, max_line_size=max_line_size, max_event_size=max_event_size)
+        self._use_shortcut(self._lone_data)
 
-    @property
-    def finished(self) -> bool:
-        return self.assembler.finished
-
-    @property
-    def error(self) -> APIError | None:
-        return self.assembler.error
-
-    @property
-    def progress(self) -> int:
-        return self.assembler.progress
-
-    @property
-    def usage(self) -> CompletionUsage | None:
-        return self.assembler.usage
-
-    @property
-    def request_id(self) -> str | None:
-        return self.assembler.request_id
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[ChatChunk]:
-        """Process the next read of the body; return the chunks it completes, in order.
-
-        Input after the stream finished is ignored.
-        """
+    def _lone_data(self, payloads: Iterable[bytes | bytearray], out: list[ChatChunk]) -> None:
+        # The data of lone "data: " blocks: message events.
         asm = self.assembler
-        out: list[ChatChunk] = []
-        if asm.finished or not data:
-            return out
-        if type(data) is not bytes:
-            data = bytes(data)
-        if not self._fast:
-            return self.inner.feed(data)
-        if not self._started:
-            self._started = True
-            if data[0] == 0xEF:
-                # Perhaps a BOM: the decoder's business, from the very first byte.
-                self._primed = True
-                self._leave_fast(data, out)
-                return out
-        if 13 in data:
-            self._leave_fast(data, out)
-            return out
-        window = self._window
-        if len(data) > window:
-            # As consecutive reads of one window each: the same result (chunking does not
-            # matter), with every copy and split bounded by the window.
-            for start in range(0, len(data), window):
-                out += self.feed(data[start : start + window])
-                if asm.finished:
-                    break
-            return out
-        pending = self._pending
-        start = len(pending)
-        pending += data
-        # Only the new bytes can hold a new separator (one may straddle the two reads).
-        cut = pending.rfind(b"\n\n", start - 1 if start > 1 else 0)
-        if cut < 0:
-            if len(pending) > self._limit:
-                self._leave_fast(b"", out)
-            return out
-        region = bytes(pending[:cut])
-        del pending[: cut + 2]
-        self._blocks(region, out)
-        if len(pending) > self._limit and not asm.finished:
-            self._leave_fast(b"", out)
-        return out
+        for data in payloads:
+            # bytes of bytes is the same object: no copy on the path this takes.
+            asm._dispatch(False, bytes(data), out)
+            if asm.finished:
+                return
 
-    def _blocks(self, region: bytes, out: list[ChatChunk]) -> None:
+    def _blocks(self, region: bytes | bytearray, out: list[ChatChunk]) -> None:
         # Whole blocks, their final blank line cut off, starting at a block boundary. Most are
         # text deltas: one C-level split at "<blank line>event: content_block_delta<LF>data: "
         # leaves, between two separators, the JSON of such an event if the piece holds no LF
         # (a data line cannot hold one). Whatever else a piece holds after its first line is
-        # other blocks, taken apart by _general.
+        # other blocks, taken apart by _other_blocks.
         asm = self.assembler
-        pieces = region.split(_DELTA_SEPARATOR)
-        first = pieces[0]
-        if first[:_HEAD_SIZE] == _DELTA_HEAD:
-            pieces[0] = first[_HEAD_SIZE:]  # the region starts with a text delta's block
-        else:
-            self._general(first, out)
-            if asm.finished:
-                return
-            del pieces[0]
+        # Split bytes, not the bytearray: its pieces would be bytearrays, and the empty ones of
+        # a run of blank lines a new object each (see EventStreamParser._irregular).
+        pieces = self._split_at_head(_DELTA_HEAD, bytes(region), out)
+        if pieces is None:
+            return
         room = self._limit - _HEAD_SIZE
         decode = _decode_event
         rid = asm._rid
@@ -844,7 +762,7 @@ class AnthropicParser:
         try:
             for piece in pieces:
                 if 10 in piece or len(piece) > room:
-                    self._odd_piece(piece, room, out)
+                    self._head_piece(_DELTA_HEAD, piece, out)
                     if asm.finished:
                         return
                     rid = asm._rid
@@ -896,23 +814,11 @@ class AnthropicParser:
         finally:
             asm.progress += count
 
-    def _odd_piece(self, piece: bytes, room: int, out: list[ChatChunk]) -> None:
-        # A piece after a text-delta separator that is more than one short data line.
-        nl = piece.find(10)
-        if nl >= 0 and piece[nl : nl + 2] != b"\n\n":
-            # More lines in this block (an id, a second data line): the general path.
-            self._general(_DELTA_HEAD + piece, out)
-            return
-        data, rest = (piece[:nl], piece[nl:]) if nl >= 0 else (piece, b"")
-        if len(data) > room:
-            # Perhaps beyond a limit: the decoder decides (and reports the bound).
-            self._irregular(_DELTA_HEAD + data, out)
-        else:
-            self.assembler._dispatch(False, data, out)
-        if rest and not self.assembler.finished:
-            self._general(rest, out)
+    def _head_data(self, data: bytes, out: list[ChatChunk]) -> None:
+        # A text delta's block that _blocks could not take inline (see _head_piece).
+        self.assembler._dispatch(False, data, out)
 
-    def _general(self, region: bytes, out: list[ChatChunk]) -> None:
+    def _other_blocks(self, region: bytes, out: list[ChatChunk]) -> None:
         # Whole blocks of any kind, in order (empty pieces are blank lines between blocks).
         asm = self.assembler
         dispatch = asm._dispatch
@@ -926,7 +832,7 @@ class AnthropicParser:
                     if block[:6] == b"data: ":
                         dispatch(False, block[6:], out)
                     elif block[:1] != b":":
-                        self._irregular(block, out)
+                        self._whole_block(block, out)
                     if asm.finished:
                         return
                     continue
@@ -940,45 +846,6 @@ class AnthropicParser:
                     if asm.finished:
                         return
                     continue
-            self._irregular(block, out)
+            self._whole_block(block, out)
             if asm.finished:
                 return
-
-    def _irregular(self, block: bytes, out: list[ChatChunk]) -> None:
-        # A whole block of another shape: the decoder's rules decide, from a block boundary.
-        self._prime()
-        out += self.inner.feed(block + b"\n\n")
-
-    def _prime(self) -> None:
-        if not self._primed:
-            self._primed = True
-            # A blank line is a no-op that settles the decoder's BOM check.
-            self.inner.feed(b"\n")
-
-    def _leave_fast(self, data: bytes, out: list[ChatChunk]) -> None:
-        # From here on every byte goes through the decoder, from the block boundary where the
-        # pending bytes begin.
-        self._fast = False
-        self._prime()
-        pending = bytes(self._pending)
-        self._pending = bytearray()
-        inner = self.inner
-        window = self._window
-        for start in range(0, len(pending), window):
-            out += inner.feed(pending[start : start + window])
-            if self.assembler.finished:
-                return
-        if data and not self.assembler.finished:
-            out += inner.feed(data)
-
-    def end(self) -> list[ChatChunk]:
-        """The body ended: an unterminated last block is discarded (the SSE rules), then the
-        stream is complete only if ``message_stop`` came. Idempotent."""
-        out: list[ChatChunk] = []
-        if self.assembler.finished:
-            return out
-        if self._fast and self._pending:
-            self._leave_fast(b"", out)
-        if not self.assembler.finished:
-            out += self.inner.end()
-        return out

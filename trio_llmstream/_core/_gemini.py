@@ -70,7 +70,7 @@ built only on the frames that need them (above).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -559,7 +559,7 @@ class GeminiAssembler:
             return
         self._wire(wire, out)
 
-    def _frames(self, payloads: list[str | bytes], out: list[ChatChunk]) -> None:
+    def _frames(self, payloads: Sequence[str | bytes], out: list[ChatChunk]) -> None:
         # Frames, as events' text or as bytes from the parser's shortcut. The common frame (one
         # candidate already seen, not finishing, one plain text or thought part, the stream's
         # response id) is handled inline with everything it needs in locals; any other goes
@@ -1026,35 +1026,41 @@ class GeminiStreamParser:
                 self._leave_fast(b"", out)
             return
         rest = pending[cut + len(separator) :]
-        pieces = pending[:cut].split(separator)
+        # Splitting at the separator plus "data: " cuts out every frame's JSON in one C call: a
+        # piece without CR or LF is exactly one block that is a single data line. One test on
+        # the joined pieces settles it for the whole read (and one on their sizes, when the
+        # read could hold one beyond the bounds).
+        pieces = pending[:cut].split(separator + b"data: ")
         asm = self.assembler
-        limit = self._limit
-        batch: list[str | bytes] = []
-        for i, piece in enumerate(pieces):
-            if (
-                piece[:6] == b"data: "
-                and 13 not in piece
-                and 10 not in piece
-                and len(piece) <= limit
-            ):
-                batch.append(piece[6:])
-                continue
-            if batch:
-                asm._frames(batch, out)
+        room = self._limit - 6
+        first = pieces[0]
+        bad = 0  # the first piece that is not a lone data line ("data: " cut off)
+        if first[:6] == b"data: ":
+            pieces[0] = first[6:]
+            joined = b"".join(pieces)
+            if 13 in joined or 10 in joined or (cut > room and max(map(len, pieces)) > room):
+                while bad < len(pieces):
+                    piece = pieces[bad]
+                    if 13 in piece or 10 in piece or len(piece) > room:
+                        break
+                    bad += 1
+            else:
+                bad = len(pieces)
+            if bad:
+                asm._frames(pieces[:bad] if bad < len(pieces) else pieces, out)
                 if asm.finished:
                     self._pending = b""
                     return
+        if bad < len(pieces):
             # Anything else: the general path from this block boundary on, for good.
-            self._pending = separator.join(pieces[i:]) + separator + rest
+            head = separator + b"data: "
+            remainder = head.join(pieces[bad:]) + separator + rest
+            # (The first piece lost its "data: " only if it was one.)
+            self._pending = b"data: " + remainder if first is not pieces[0] else remainder
             self._leave_fast(b"", out)
             return
-        if batch:
-            asm._frames(batch, out)
-            if asm.finished:
-                self._pending = b""
-                return
         self._pending = rest
-        if len(rest) > limit:
+        if len(rest) > self._limit:
             self._leave_fast(b"", out)
 
     def _leave_fast(self, data: bytes, out: list[ChatChunk], *, at_start: bool = False) -> None:

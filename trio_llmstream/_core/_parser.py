@@ -150,6 +150,16 @@ class EventStreamParser:
 
     ``finished``, ``error``, ``progress``, ``usage`` and ``request_id`` are the assembler's.
     Synchronous and free of I/O: there is no cancellation behaviour.
+
+    A protocol whose blocks take another shape (Anthropic's and Responses' two-line
+    ``event:``/``data:`` blocks) keeps this framing (BOM and CR hand-over, windows, the pending
+    unfinished block, the cut at the last blank line, the bounds) and supplies only its block
+    handler: a subclass overrides :meth:`_blocks` (whole blocks, their final blank line cut off,
+    from a block boundary; any block it does not take apart goes to :meth:`_whole_block`) and
+    calls :meth:`_use_shortcut` from ``__init__`` with what to do with the data of lone
+    ``data: `` blocks (``message`` events; a read that is exactly one such block skips
+    ``_blocks``). It must give what the decoder would: the tests check each protocol's parser
+    against the plain decoder on arbitrary input under arbitrary chunkings.
     """
 
     __slots__ = (
@@ -187,6 +197,12 @@ class EventStreamParser:
         self._started = False
         # Whether the decoder has been started on this stream (see _prime).
         self._primed = False
+
+    def _use_shortcut(self, payloads: _FeedPayloads) -> None:
+        # For a subclass with its own _blocks (see the class docstring): the shortcut is on,
+        # and ``payloads`` takes the data of lone "data: " blocks.
+        self._fast = True
+        self._payloads = payloads
 
     @property
     def finished(self) -> bool:
@@ -364,13 +380,64 @@ class EventStreamParser:
                 elif block[:1] == b":":
                     continue
                 else:
-                    self._prime()
-                    self._to_decoder(block + b"\n\n", out)
+                    self._whole_block(block, out)
             else:
-                self._prime()
-                self._to_decoder(block + b"\n\n", out)
+                self._whole_block(block, out)
             if asm.finished:
                 return
+
+    def _split_at_head(
+        self, head: bytes, region: bytes, out: list[ChatChunk]
+    ) -> list[bytes] | None:
+        # For a block handler that cuts its whole blocks at LF LF + ``head`` (the head of the
+        # protocol's usual block, ending in "data: "; one C-level split): the pieces between
+        # separators, the first included, each without its head. A piece without LF is then
+        # exactly the data of one such block. If the region starts with other blocks, they go
+        # to _other_blocks first. None: the stream finished meanwhile.
+        pieces = region.split(b"\n\n" + head)
+        first = pieces[0]
+        if first[: len(head)] == head:
+            pieces[0] = first[len(head) :]
+        else:
+            self._other_blocks(first, out)
+            if self.assembler.finished:
+                return None
+            del pieces[0]
+        return pieces
+
+    def _head_piece(self, head: bytes, piece: bytes, out: list[ChatChunk]) -> None:
+        # For a block handler that cuts its whole blocks at LF LF + ``head`` (the head of the
+        # protocol's usual block, ending in "data: "): ``piece`` followed such a separator and
+        # is not just one data line within the bounds. Its first block is the head's: its data
+        # goes to _head_data if the block is that one line, within the bounds; the blocks after
+        # it go to _other_blocks.
+        nl = piece.find(10)
+        if nl >= 0 and piece[nl : nl + 2] != b"\n\n":
+            # More lines in this block (an id, a second data line): the general path.
+            self._other_blocks(head + piece, out)
+            return
+        data, rest = (piece[:nl], piece[nl:]) if nl >= 0 else (piece, b"")
+        if len(data) > self._limit - len(head):
+            # Perhaps beyond a bound: the decoder decides (and reports it).
+            self._whole_block(head + data, out)
+        else:
+            self._head_data(data, out)
+        if rest and not self.assembler.finished:
+            self._other_blocks(rest, out)
+
+    def _head_data(self, data: bytes, out: list[ChatChunk]) -> None:
+        # The data of one block that is ``head`` and that data (see _head_piece).
+        raise NotImplementedError("a block handler using _head_piece supplies _head_data")
+
+    def _other_blocks(self, region: bytes, out: list[ChatChunk]) -> None:
+        # Whole blocks of any kind, from a block boundary (see _head_piece).
+        raise NotImplementedError("a block handler using _head_piece supplies _other_blocks")
+
+    def _whole_block(self, block: bytes | bytearray, out: list[ChatChunk]) -> None:
+        # One whole block of any shape (its final blank line cut off), at a block boundary:
+        # the decoder's rules decide.
+        self._prime()
+        self._to_decoder(block + b"\n\n", out)
 
     def _prime(self) -> None:
         # The decoder only ever sees input from a block boundary. If it did not see the stream

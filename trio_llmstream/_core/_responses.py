@@ -65,16 +65,18 @@ stream (``max_tool_calls``) and the output parts remembered for the ``.done`` ru
 (``max_parts``); each event is bounded by the SSE decoder's event size. Text is never
 accumulated.
 
-Speed: :class:`ResponsesParser` is the bytes level, with a framing shortcut for the usual
-``event:``/``data:`` blocks (the shared ``SSEDecoder`` builds a ``ServerSentEvent`` and its
-strings per event, which cost more than decoding the JSON); a text delta of a part already
-seen is assembled inline. The benchmark (``benchmarks/bench_responses.py``) compares it with a
-bare floor and with openai-python's own parsing of the same bytes.
+Speed: :class:`ResponsesParser` is the bytes level: the shared parser's framing with a block
+handler for the usual ``event:``/``data:`` blocks (the SSE decoder builds a
+``ServerSentEvent`` and its strings per event, which cost more than decoding the JSON); text
+deltas are cut out of a read with one split at their block's head, and a text delta of a part
+already seen is assembled inline. The benchmark (``benchmarks/bench_responses.py``) compares it
+with a bare floor and with openai-python's own parsing of the same bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import repeat
 from typing import Any, Final
 
 import msgspec
@@ -99,7 +101,8 @@ from ._openai import (
     _reason,
     _utf8_len,
 )
-from ._sse import WINDOW, ServerSentEvent, SSEDecoder
+from ._parser import EventStreamParser
+from ._sse import ServerSentEvent
 
 __all__ = ["DEFAULT_MAX_PARTS", "PROVIDER", "ResponsesAssembler", "ResponsesParser"]
 
@@ -183,6 +186,11 @@ _decode_item: Final = msgspec.json.Decoder(_WireItem).decode
 _decode_any: Final = msgspec.json.Decoder().decode
 
 _TEXT_DELTA: Final = "response.output_text.delta"
+# The head of a text delta's block, which cuts a run of them (see
+# ResponsesParser._blocks).
+_DELTA_NAME: Final = _TEXT_DELTA.encode()
+_DELTA_HEAD: Final = b"event: " + _DELTA_NAME + b"\ndata: "
+_HEAD_SIZE: Final = len(_DELTA_HEAD)
 _SUMMARY_DELTA: Final = "response.reasoning_summary_text.delta"
 
 
@@ -300,17 +308,19 @@ class ResponsesAssembler:
 
     # -- events -----------------------------------------------------------------------------------
 
-    def _feed_batch(self, batch: list[tuple[bytes, bytes]], out: list[ChatChunk]) -> None:
-        # Events from ResponsesParser's framing shortcut, (name, data) as bytes not yet decoded
-        # from UTF-8: what feed_events does for them, with the text delta of a part already
-        # seen (almost every event of a stream) handled inline.
+    def _feed_batch(
+        self, names: Iterable[bytes], datas: Iterable[bytes], out: list[ChatChunk]
+    ) -> None:
+        # Events from ResponsesParser's framing shortcut, names and data (paired in order) as
+        # bytes not yet decoded from UTF-8: what feed_events does for them, with the text delta
+        # of a part already seen (almost every event of a stream) handled inline.
         if self.finished:
             return
         self.progress += 1
         decode = _decode_event
         append = out.append
         text_delta = _TEXT_DELTA
-        for name, data in batch:
+        for name, data in zip(names, datas, strict=False):  # names may be repeat()
             try:
                 wire = decode(data)
             except _JSON_ERRORS:
@@ -752,29 +762,26 @@ _HANDLERS: Final = {
 # -- the bytes level ------------------------------------------------------------------------------
 
 
-class ResponsesParser:
-    """Bytes of a Responses body -> ``ChatChunk``s: the contract of
+class ResponsesParser(EventStreamParser):
+    """Bytes of a Responses body -> ``ChatChunk``s: the shared
     :class:`~trio_llmstream._core._parser.EventStreamParser` (``feed`` per read, ``end``,
     ``finished``/``error``/``progress``/``usage``/``request_id``; nothing raises; the same
-    output under any chunking), with a framing shortcut.
+    output under any chunking; its framing: BOM and CR hand-over, windows, the pending
+    unfinished block, the bounds) with the Responses block handler.
 
-    Framing every event through the ``SSEDecoder`` (lines, fields, one ``ServerSentEvent`` and
+    Framing every event through the SSE decoder (lines, fields, one ``ServerSentEvent`` and
     its strings per event) costs three times what decoding the event's JSON does. But nearly
-    every block the Responses API sends is exactly ``event: <name>\\ndata: <json>``. So, as long
-    as the stream is LF-only (no CR seen) and did not start with a possible BOM, complete
-    blocks are cut at ``\\n\\n`` and a block of that form (or a lone ``data: `` line, or a
-    one-line comment, which changes nothing) no longer than the SSE bounds is handed to the
-    assembler directly, its JSON as bytes; any other block goes to the decoder whole, at a
-    block boundary, where the decoder's state is what it would have been had it seen
-    everything (the chat parser's rule, ``_core/_openai.py``). A CR, a possible BOM or an
-    unfinished block longer than the bounds hands all further input to the decoder for good.
-    Reads longer than a window are fed a window at a time (bounded working memory). The tests
-    check the shortcut against the plain decoder on arbitrary input under any chunking.
-    Synchronous and free of I/O: no cancellation behaviour.
+    every block the Responses API sends is exactly ``event: <name>\\ndata: <json>``. So a
+    block of that form (or a lone ``data: `` line, or a one-line comment, which changes
+    nothing) no longer than the SSE bounds is handed to the assembler directly, its JSON as
+    bytes; any other block goes to the decoder whole, at a block boundary (``_whole_block``).
+    The tests check this parser against the plain decoder on arbitrary input under any
+    chunking. Synchronous and free of I/O: no cancellation behaviour.
     """
 
-    __slots__ = ("_fast", "_limit", "_pending", "_primed", "_started", "_window", "assembler",
-                 "decoder")
+    __slots__ = ()
+
+    assembler: ResponsesAssembler
 
     def __init__(
         self,
@@ -785,89 +792,60 @@ class ResponsesParser:
         max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
         max_parts: int = DEFAULT_MAX_PARTS,
     ) -> None:
-        self.assembler = ResponsesAssembler(
+        assembler = ResponsesAssembler(
             max_tool_argument_bytes=max_tool_argument_bytes,
             max_tool_calls=max_tool_calls,
             max_parts=max_parts,
         )
-        self.decoder = SSEDecoder(max_line_size, max_event_size)
-        self._fast = True
-        # A block at most this long is within both SSE bounds, whatever it holds.
-        self._limit = min(max_line_size, max_event_size)
-        self._window = min(self._limit, WINDOW)
-        self._pending = bytearray()
-        self._started = False
-        self._primed = False
+        super().__init__(assembler, max_line_size=max_line_size, max_event_size=max_event_size)
+        self._use_shortcut(self._lone_data)
 
-    @property
-    def finished(self) -> bool:
-        return self.assembler.finished
+    def _lone_data(self, payloads: Iterable[bytes | bytearray], out: list[ChatChunk]) -> None:
+        # The data of lone "data: " blocks: message events (no event name).
+        self.assembler._feed_batch(repeat(b""), [bytes(data) for data in payloads], out)
 
-    @property
-    def error(self) -> APIError | None:
-        return self.assembler.error
-
-    @property
-    def progress(self) -> int:
-        return self.assembler.progress
-
-    @property
-    def usage(self) -> CompletionUsage | None:
-        return self.assembler.usage
-
-    @property
-    def request_id(self) -> str | None:
-        return self.assembler.request_id
-
-    def feed(self, data: bytes) -> list[ChatChunk]:
-        """Process the next read; return the chunks it completes. Input after the stream
-        finished is ignored."""
+    def _blocks(self, region: bytes | bytearray, out: list[ChatChunk]) -> None:
+        # Whole blocks, their final blank line cut off, from a block boundary. Most are text
+        # deltas: one C-level split at "<blank line>event: response.output_text.delta<LF>data: "
+        # leaves, between two separators, the JSON of such an event if the piece holds no LF
+        # (a data line cannot hold one); one test on the joined pieces finds that out for the
+        # whole read. Whatever else a piece holds after its first line is other blocks, taken
+        # apart by _other_blocks. (bytes, not the bytearray: see EventStreamParser._irregular.)
         asm = self.assembler
-        out: list[ChatChunk] = []
-        if asm.finished or not data:
-            return out
-        if type(data) is not bytes:
-            data = bytes(data)
-        if not self._fast:
-            self._to_decoder(data, out)
-            return out
-        if not self._started:
-            self._started = True
-            if data[0] == 0xEF:
-                # Perhaps a BOM: the decoder's business, from the very first byte.
-                self._primed = True
-                self._leave_fast(data, out)
-                return out
-        if 13 in data:
-            self._leave_fast(data, out)
-            return out
-        window = self._window
-        if len(data) > window:
-            for start in range(0, len(data), window):
-                out += self.feed(data[start : start + window])
+        region = bytes(region)
+        pieces = self._split_at_head(_DELTA_HEAD, region, out)
+        if not pieces:
+            return
+        room = self._limit - _HEAD_SIZE
+        if len(region) <= room and 10 not in b"".join(pieces):
+            asm._feed_batch(repeat(_DELTA_NAME), pieces, out)  # the usual read
+            return
+        batch: list[bytes] = []
+        for piece in pieces:
+            if 10 in piece or len(piece) > room:
+                if batch:
+                    asm._feed_batch(repeat(_DELTA_NAME), batch, out)
+                    batch = []
+                    if asm.finished:
+                        return
+                self._head_piece(_DELTA_HEAD, piece, out)
                 if asm.finished:
-                    break
-            return out
-        pending = self._pending
-        start = len(pending)
-        pending += data
-        cut = pending.rfind(b"\n\n", start - 1 if start > 1 else 0)
-        if cut < 0:
-            if len(pending) > self._limit:
-                self._leave_fast(b"", out)
-            return out
-        region = bytes(pending[:cut])
-        del pending[: cut + 2]
-        self._blocks(region, out)
-        if len(pending) > self._limit and not asm.finished:
-            self._leave_fast(b"", out)
-        return out
+                    return
+                continue
+            batch.append(piece)
+        if batch:
+            asm._feed_batch(repeat(_DELTA_NAME), batch, out)
 
-    def _blocks(self, region: bytes, out: list[ChatChunk]) -> None:
-        # Whole blocks (separators cut off), from a block boundary, in order.
+    def _head_data(self, data: bytes, out: list[ChatChunk]) -> None:
+        # A text delta's block that _blocks could not take inline (see _head_piece).
+        self.assembler._feed_batch((_DELTA_NAME,), (data,), out)
+
+    def _other_blocks(self, region: bytes, out: list[ChatChunk]) -> None:
+        # Whole blocks of any kind, in order (empty pieces are blank lines between blocks).
         asm = self.assembler
         limit = self._limit
-        batch: list[tuple[bytes, bytes]] = []
+        names: list[bytes] = []
+        datas: list[bytes] = []
         for block in region.split(b"\n\n"):
             if not block:
                 continue
@@ -875,10 +853,12 @@ class ResponsesParser:
                 nl = block.find(10)
                 if nl < 0:
                     if block.startswith(b"data: "):
-                        batch.append((b"", block[6:]))
+                        names.append(b"")
+                        datas.append(block[6:])
                         continue
                     if block.startswith(b"data:"):
-                        batch.append((b"", block[5:]))
+                        names.append(b"")
+                        datas.append(block[5:])
                         continue
                     if block.startswith(b":"):
                         continue
@@ -887,83 +867,17 @@ class ResponsesParser:
                     and block.startswith(b"data: ", nl + 1)
                     and block.find(10, nl + 1) < 0
                 ):
-                    batch.append((block[7:nl], block[nl + 7 :]))
+                    names.append(block[7:nl])
+                    datas.append(block[nl + 7 :])
                     continue
-            if batch:
-                asm._feed_batch(batch, out)
-                batch = []
+            if datas:
+                asm._feed_batch(names, datas, out)
+                names = []
+                datas = []
                 if asm.finished:
                     return
-            self._prime()
-            self._to_decoder(block + b"\n\n", out)
+            self._whole_block(block, out)
             if asm.finished:
                 return
-        if batch:
-            asm._feed_batch(batch, out)
-
-    def end(self) -> list[ChatChunk]:
-        """The body ended: an unterminated last block is discarded (the SSE rules), then the
-        assembler decides between a proper ending and truncation. Idempotent."""
-        asm = self.assembler
-        out: list[ChatChunk] = []
-        if asm.finished:
-            return out
-        if self._fast and self._pending:
-            self._leave_fast(b"", out)
-        if not asm.finished:
-            try:
-                events = self.decoder.end()
-            except StreamProtocolError as exc:
-                asm.fail(exc)
-                return out
-            except RuntimeError:  # end() called again
-                events = []
-            out += asm.feed_events(events)
-        if not asm.finished:
-            out += asm.end()
-        return out
-
-    def _prime(self) -> None:
-        # The decoder only ever sees input from a block boundary; a leading blank line (a no-op
-        # by the SSE rules) settles its BOM check, so a later block's bytes are never taken for
-        # the stream's BOM.
-        if not self._primed:
-            self._primed = True
-            self.decoder.feed(b"\n")
-
-    def _leave_fast(self, data: bytes, out: list[ChatChunk]) -> None:
-        self._fast = False
-        self._prime()
-        pending = self._pending
-        self._pending = bytearray()
-        if pending:
-            self._to_decoder(bytes(pending), out)
-        if data and not self.assembler.finished:
-            self._to_decoder(data, out)
-
-    def _to_decoder(self, data: bytes, out: list[ChatChunk]) -> None:
-        window = self._window
-        for start in range(0, len(data), window):
-            self._decode(data[start : start + window], out)
-            if self.assembler.finished:
-                return
-
-    def _decode(self, data: bytes, out: list[ChatChunk]) -> None:
-        decoder = self.decoder
-        asm = self.assembler
-        try:
-            events = decoder.feed(data)
-        except StreamProtocolError as exc:
-            asm.fail(exc)
-            return
-        deferred: StreamProtocolError | None = None
-        if events:
-            # The decoder returns the events before a bound violation and raises it on the
-            # next call: ask at once, so the error is reported with this read.
-            try:
-                decoder.feed(b"")
-            except StreamProtocolError as exc:
-                deferred = exc
-        out += asm.feed_events(events)
-        if deferred is not None and not asm.finished:
-            asm.fail(deferred)
+        if datas:
+            asm._feed_batch(names, datas, out)
