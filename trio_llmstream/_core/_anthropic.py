@@ -87,7 +87,15 @@ from .._models import (
     FunctionCall,
     ProviderItem,
 )
-from ._build import FillChoice, FillChunk, FillDelta, make_choice, make_chunk, make_delta
+from ._build import (
+    NO_CALLS,
+    FillChoice,
+    FillChunk,
+    FillDelta,
+    make_choice,
+    make_chunk,
+    make_delta,
+)
 from ._openai import _JSON_ERRORS, DEFAULT_MAX_TOOL_ARGUMENT_BYTES, DEFAULT_MAX_TOOL_CALLS
 from ._parser import EventStreamParser
 from ._sse import ServerSentEvent
@@ -354,7 +362,7 @@ class AnthropicAssembler:
                     d = FillDelta()
                     d.role = None
                     d.content = text
-                    d.tool_calls = []
+                    d.tool_calls = NO_CALLS
                     d.reasoning = None
                     d.provider_items = ()
                     d.__class__ = ChoiceDelta
@@ -446,7 +454,7 @@ class AnthropicAssembler:
         d = FillDelta()
         d.role = None
         d.content = content
-        d.tool_calls = []
+        d.tool_calls = NO_CALLS
         d.reasoning = reasoning
         d.provider_items = ()
         d.__class__ = ChoiceDelta
@@ -787,7 +795,7 @@ class AnthropicParser(EventStreamParser):
                         d = FillDelta()
                         d.role = None
                         d.content = text
-                        d.tool_calls = []
+                        d.tool_calls = NO_CALLS
                         d.reasoning = None
                         d.provider_items = ()
                         d.__class__ = ChoiceDelta

@@ -92,7 +92,15 @@ from .._models import (
     ProviderItem,
     UsageSource,
 )
-from ._build import FillChoice, FillChunk, FillDelta, make_choice, make_chunk, make_delta
+from ._build import (
+    NO_CALLS,
+    FillChoice,
+    FillChunk,
+    FillDelta,
+    make_choice,
+    make_chunk,
+    make_delta,
+)
 from ._openai import (
     _JSON_ERRORS,
     DEFAULT_MAX_CHOICES,
@@ -613,7 +621,7 @@ class GeminiAssembler:
                                 else:
                                     d.content = text
                                     d.reasoning = None
-                                d.tool_calls = []
+                                d.tool_calls = NO_CALLS
                                 d.provider_items = ()
                                 d.__class__ = ChoiceDelta
                                 c = FillChoice()

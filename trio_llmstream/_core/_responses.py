@@ -91,7 +91,15 @@ from .._models import (
     ProviderItem,
     UsageSource,
 )
-from ._build import FillChoice, FillChunk, FillDelta, make_choice, make_chunk, make_delta
+from ._build import (
+    NO_CALLS,
+    FillChoice,
+    FillChunk,
+    FillDelta,
+    make_choice,
+    make_chunk,
+    make_delta,
+)
 from ._openai import (
     _JSON_ERRORS,
     DEFAULT_MAX_TOOL_ARGUMENT_BYTES,
@@ -341,7 +349,7 @@ class ResponsesAssembler:
                         d = FillDelta()
                         d.role = None
                         d.content = delta
-                        d.tool_calls = []
+                        d.tool_calls = NO_CALLS
                         d.reasoning = None
                         d.provider_items = ()
                         d.__class__ = ChoiceDelta
@@ -472,7 +480,7 @@ class ResponsesAssembler:
         d = FillDelta()
         d.role = None
         d.content = content
-        d.tool_calls = []
+        d.tool_calls = NO_CALLS
         d.reasoning = reasoning
         d.provider_items = ()
         d.__class__ = ChoiceDelta
