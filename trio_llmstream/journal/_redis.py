@@ -181,7 +181,10 @@ return 1
 """
 
 # KEYS: entries, meta. ARGV: start id, count. -> {-1} no run;
-#    {1, last, end or -1, idle_ms, first seq or -1, {entries...}}
+#    {1, last, end or -1, idle_ms, first seq or -1, {id, kind, data, id, kind, data, ...}}
+# The entries come flat, three values each, rather than as XRANGE's nested [id, [k, kind, d,
+# data]]: parsing the reply is most of a catching-up reader's work per entry. An entry whose
+# fields are not as the scripts write them comes as kind '?' (reported as corrupted).
 _READ = _NOW + """
 local m = redis.call('HMGET', KEYS[2], 'last', 'end', 'hb')
 if not m[1] then return {-1} end
@@ -190,7 +193,16 @@ local firstseq = -1
 if #oldest > 0 then firstseq = tonumber(string.match(oldest[1][1], '^(%d+)')) end
 local entries = {}
 if tonumber(ARGV[2]) > 0 then
-  entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+  local n = 0
+  for _, e in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])) do
+    local f = e[2]
+    if #f == 4 and f[1] == 'k' and f[3] == 'd' then
+      entries[n + 1], entries[n + 2], entries[n + 3] = e[1], f[2], f[4]
+    else
+      entries[n + 1], entries[n + 2], entries[n + 3] = e[1], '?', ''
+    end
+    n = n + 3
+  end
 end
 return {1, tonumber(m[1]), tonumber(m[2] or -1), now - tonumber(m[3]), firstseq, entries}
 """
@@ -234,11 +246,8 @@ def _redis_error_type() -> type[BaseException]:
 
 
 def _entry(identifier: bytes | str, fields: Any) -> JournalEntry:
-    # fields: a mapping (XREAD through coredis) or a flat [k, v, ...] list (from Lua).
-    if isinstance(identifier, str):
-        identifier = identifier.encode()
+    # fields: a mapping (XREAD through coredis) or a flat [k, v, ...] list (XREAD, RESP).
     try:
-        seq = int(identifier.split(b"-", 1)[0])
         if isinstance(fields, dict):
             kind, data = fields[b"k"], fields[b"d"]
         elif len(fields) == 4 and fields[0] == b"k" and fields[2] == b"d":
@@ -247,6 +256,16 @@ def _entry(identifier: bytes | str, fields: Any) -> JournalEntry:
             pairs = dict(zip(fields[::2], fields[1::2], strict=True))
             kind, data = pairs[b"k"], pairs[b"d"]
     except (KeyError, ValueError, TypeError) as exc:
+        raise JournalCorrupted(f"malformed stream entry {identifier!r}: {exc!r}") from exc
+    return _entry_of(identifier, kind, data)
+
+
+def _entry_of(identifier: bytes | str, kind: bytes, data: bytes) -> JournalEntry:
+    if isinstance(identifier, str):
+        identifier = identifier.encode()
+    try:
+        seq = int(identifier.split(b"-", 1)[0])
+    except ValueError as exc:
         raise JournalCorrupted(f"malformed stream entry {identifier!r}: {exc!r}") from exc
     if kind == b"c":
         return JournalEntry(seq, chunk=decode_chunk(data))
@@ -304,10 +323,30 @@ def _parse(data: bytes, pos: int) -> tuple[Any, int]:
         if n < 0:
             return None, end + 2
         pos = end + 2
-        items = []
+        size = len(data)
+        items: list[Any] = []
+        append = items.append
         for _ in range(n):
-            item, pos = _parse(data, pos)
-            items.append(item)
+            if pos >= size:
+                raise _Incomplete
+            if data[pos] != 36:
+                item, pos = _parse(data, pos)
+                append(item)
+                continue
+            # A bulk string, inline: most of a page's values are (one call fewer each).
+            end = data.find(b"\r\n", pos)
+            if end < 0:
+                raise _Incomplete
+            length = int(data[pos + 1:end])
+            if length < 0:
+                append(None)
+                pos = end + 2
+                continue
+            stop = end + 2 + length
+            if stop + 2 > size:
+                raise _Incomplete
+            append(data[end + 2:stop])
+            pos = stop + 2
         return items, pos
     if kind == 58:  # :: integer
         return int(data[pos + 1:end]), end + 2
@@ -330,6 +369,9 @@ def _pack(args: Sequence[bytes | str | int]) -> bytes:
     return b"".join(parts)
 
 
+_RECEIVE_SIZE = 1 << 18  # whatever the socket holds, up to 256 KiB, in one read
+
+
 class _RespConnection:
     """One connection: a command is sent and its reply read by the calling task itself."""
 
@@ -347,8 +389,8 @@ class _RespConnection:
         while True:
             if buf:
                 # Parse from an immutable copy, so that the values are bytes; a reply that
-                # came in several reads is parsed again from its start (a few times for the
-                # largest pages: reads are 64 KiB).
+                # came in several reads is parsed again from its start (reads are large, so
+                # that is rare and a few times at most: Redis sends 64 KiB per turn).
                 data = bytes(buf)
                 try:
                     value, pos = _parse(data, 0)
@@ -359,7 +401,7 @@ class _RespConnection:
                 else:
                     del buf[:pos]
                     return value
-            received = await self.stream.receive_some(65536)
+            received = await self.stream.receive_some(_RECEIVE_SIZE)
             if not received:
                 raise _RespConnectionError("Redis closed the connection")
             buf += received
@@ -727,7 +769,10 @@ class RedisJournal(Journal):
             first_seq=last + 1 if first < 0 else first,
             idle=max(0, int(idle_ms)) / 1000,
         )
-        page = JournalPage(tuple(_entry(item[0], item[1]) for item in raw), info)
+        page = JournalPage(
+            tuple(_entry_of(raw[i], raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3)),
+            info,
+        )
         return check_page(run_id, after, page) if limit > 0 else page
 
     async def read(
