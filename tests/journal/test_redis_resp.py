@@ -18,6 +18,7 @@ from trio_llmstream.journal import (
     JournalCorrupted,
     JournalEntry,
     JournalError,
+    JournalUnavailable,
     RedisJournal,
     RunEnd,
     open_redis_journal,
@@ -26,7 +27,7 @@ from trio_llmstream.journal._redis import _Incomplete, _pack, _parse, _RespError
 from trio_llmstream.testing.strategies import chunk_sequences
 
 from .conftest import unique_prefix
-from .redis_server import RedisServer, running_redis
+from .redis_server import RedisClusterServers, RedisServer, running_redis
 
 DONE = RunEnd(StreamStatus.COMPLETED, "stop")
 
@@ -217,3 +218,22 @@ def test_any_chunks_round_trip_through_redis_with_any_batches_and_pages(
             assert followed == entries
 
     trio.run(main)
+
+
+async def test_a_cluster_node_without_cluster_true_is_an_error_not_an_outage(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    # A cluster node spoken to as a single node answers MOVED for the slots it does not
+    # hold: a configuration error (JournalError), not an outage to retry for 30 s.
+    async with open_redis_journal(redis_cluster.url, prefix=unique_prefix()) as journal:
+        outcomes = []
+        for i in range(20):  # run ids in several slots, so on several nodes
+            try:
+                await journal.create_run(f"run-{i}")
+                outcomes.append("ok")
+            except JournalUnavailable:  # pragma: no cover - the defect this test catches
+                outcomes.append("unavailable")
+            except JournalError as exc:
+                outcomes.append("error" if "MOVED" in str(exc) else repr(exc))
+        assert "unavailable" not in outcomes
+        assert set(outcomes) == {"ok", "error"}

@@ -282,8 +282,8 @@ class _RespError(Exception):
 
     # Error replies that mean "not now" (the server is loading, a replica, failing over,
     # or busy running a script) rather than "never": the recorder and followers retry them.
-    TRANSIENT = (b"LOADING", b"READONLY", b"MASTERDOWN", b"TRYAGAIN", b"CLUSTERDOWN", b"BUSY",
-                 b"MOVED", b"ASK")
+    # (MOVED / ASK are not: they mean a cluster node was given without cluster=True.)
+    TRANSIENT = (b"LOADING", b"READONLY", b"MASTERDOWN", b"TRYAGAIN", b"CLUSTERDOWN", b"BUSY")
 
     def __init__(self, message: bytes) -> None:
         super().__init__(message.decode("utf-8", "replace"))
@@ -483,8 +483,14 @@ class _RespPool:
             conn = self._idle.pop() if self._idle else await self._connect()
             try:
                 reply = await conn.call(payload)
-            except BaseException:
+            except BaseException as exc:
                 await trio.aclose_forcefully(conn.stream)
+                if not isinstance(exc, trio.Cancelled):
+                    # The server went away (or hung): the idle connections are most likely
+                    # dead too; drop them rather than fail one retry on each.
+                    idle, self._idle = self._idle, []
+                    for other in idle:
+                        await trio.aclose_forcefully(other.stream)
                 raise
             if self._closed:
                 await trio.aclose_forcefully(conn.stream)
@@ -564,7 +570,9 @@ class RedisJournal(Journal):
     run: after its end). A live run is never trimmed; a run holds at most ``max_entries``
     chunk entries (a write past it ends the run with a ``RunTooLong`` terminal entry and
     raises ``RunTooLong``). Every command is bounded by ``command_timeout`` seconds; a
-    blocking read by its wait plus that.
+    blocking read by its wait plus that. Built directly, it sends everything through
+    ``client``; :func:`open_redis_journal` gives a single node the faster direct transport
+    (see the module docstring).
     """
 
     def __init__(
@@ -874,13 +882,17 @@ async def open_redis_journal(
     slots move. ``max_connections`` and ``max_blocking_connections`` are then totals across
     the nodes.
 
-    Two coredis clients (and their connection tasks) live for the block, inside the caller's
-    task tree; leaving the block closes their connections. One carries every ordinary command
-    (multiplexed over at most ``max_connections`` connections); the other the followers'
-    blocking reads, one connection per waiting follower, at most
-    ``max_blocking_connections`` (more followers wait their turn, which delays them by up to
-    their poll interval). Connecting is lazy: an unreachable Redis shows as
-    ``JournalUnavailable`` from the first operation.
+    A single node (``cluster=False``) at a ``redis://`` or ``rediss://`` URL without query
+    options (user, password and database number are read from it) is spoken to directly:
+    the journal's commands run in the calling task over its own connections, at most
+    ``max_connections`` for ordinary commands and ``max_blocking_connections`` for the
+    followers' blocking reads (one per waiting follower; more followers wait their turn,
+    which delays them by up to their poll interval). Two coredis clients (and their
+    connection tasks) live for the block too, inside the caller's task tree: ``client``
+    for the caller's own commands and the relay's, and, for a cluster or another URL, every
+    command of the journal, with the same two limits. Leaving the block closes every
+    connection. Connecting is lazy: an unreachable Redis shows as ``JournalUnavailable``
+    from the first operation.
     An exception from the block propagates unchanged (not wrapped in an ExceptionGroup by
     coredis's task group).
 
