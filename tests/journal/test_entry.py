@@ -39,7 +39,7 @@ from trio_llmstream.journal import (
     format_sse,
     parse_event_id,
 )
-from trio_llmstream.journal._entry import _encode_chunk_structs
+from trio_llmstream.journal._entry import _encode_chunk_structs, chunk_entry
 from trio_llmstream.journal._sse import format_sse_end, sse_comment, sse_retry
 from trio_llmstream.testing.strategies import chunk_sequences
 
@@ -107,6 +107,16 @@ def test_direct_chunk_encoding_is_the_structs_encoding(chunk: ChatChunk) -> None
     data = encode_chunk(chunk)
     assert data == _encode_chunk_structs(chunk)
     assert decode_chunk(data) == chunk
+
+
+@given(st.integers(1, 2**63), chunks())
+def test_unchecked_chunk_entries_are_the_checked_ones(seq: int, chunk: ChatChunk) -> None:
+    made = chunk_entry(seq, chunk)
+    checked = JournalEntry(seq, chunk=chunk)
+    assert made == checked
+    assert repr(made) == repr(checked)
+    assert made.end is None
+    assert not made.is_terminal
 
 
 @given(chunk_sequences())

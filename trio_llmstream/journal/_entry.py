@@ -169,6 +169,22 @@ class JournalEntry:
         return self.end is not None
 
 
+_new = object.__new__
+_set = object.__setattr__
+
+
+def chunk_entry(seq: int, chunk: ChatChunk) -> JournalEntry:
+    """``JournalEntry(seq, chunk=chunk)`` without the checks, for a caller whose ``seq`` is
+    already known to be an int >= 1 (the recorder's counter, a parsed stream ID): the
+    same object at half the cost, which is per chunk on both the writer's and the
+    followers' side."""
+    entry: JournalEntry = _new(JournalEntry)
+    _set(entry, "seq", seq)
+    _set(entry, "chunk", chunk)
+    _set(entry, "end", None)
+    return entry
+
+
 # -- wire Structs --------------------------------------------------------------------------------
 
 

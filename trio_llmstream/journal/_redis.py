@@ -65,6 +65,7 @@ import trio
 from ._base import Journal, JournalPage, RunInfo, check_meta, check_page, check_run_id
 from ._entry import (
     JournalEntry,
+    chunk_entry,
     decode_chunk,
     decode_end,
     encode_chunk,
@@ -265,10 +266,12 @@ def _entry_of(identifier: bytes | str, kind: bytes, data: bytes) -> JournalEntry
         identifier = identifier.encode()
     try:
         seq = int(identifier.split(b"-", 1)[0])
+        if seq < 1:
+            raise ValueError("a seq is >= 1")
     except ValueError as exc:
         raise JournalCorrupted(f"malformed stream entry {identifier!r}: {exc!r}") from exc
     if kind == b"c":
-        return JournalEntry(seq, chunk=decode_chunk(data))
+        return chunk_entry(seq, decode_chunk(data))
     if kind == b"e":
         return JournalEntry(seq, end=decode_end(data))
     raise JournalCorrupted(f"stream entry {identifier!r} has unknown kind {kind!r}")
