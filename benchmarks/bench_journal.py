@@ -11,13 +11,16 @@ persistence) and stopped at the end. Everything is measured in the same run:
    as the previous write is done, up to 256 entries: batches form only under load) against
    the former policy (64 entries, held up to 10 ms) and one write per chunk, for
    MemoryJournal and RedisJournal; and, as the floor for Redis, the same chunks sent as bare
-   ``XADD``s (one per round trip, and pipelined 64 at a time) without the journal's Lua
-   script, TTL or checks.
+   ``XADD``s without the journal's Lua script, TTL or checks: over a raw trio socket (one
+   per round trip, and pipelined 256 at a time: the physical floor of this machine), and
+   through coredis (one per round trip, pipelined 64: the client the journal used before).
 2. Latency: a source paced like a fast model (one chunk every 5 ms); the time from the
    recorder taking a chunk from the source to a live follower (``journal.follow``) returning
    it; percentiles, for the defaults and the former 10 ms timer.
 3. Both at once: the throughput run of 1. on Redis with the defaults and a live follower, its
-   lag under that load; then the targets of the performance issue, with these figures.
+   lag under that load; against its floor: bare pipelined XADDs over a raw socket with a bare
+   ``XREAD BLOCK`` follower in the same process (entries parsed, and parsed and decoded to
+   ``ChatChunk``s as a journal follower must); then the targets of the performance issue.
 4. Relay throughput: ``python -m trio_llmstream relay`` as a process (memory journal), one
    finished run of 200 entries read at once by 1,000 followers over loopback HTTP, in events
    per second delivered; without auth (followers use the run's read token, as a browser
@@ -176,6 +179,138 @@ async def raw_xadd(client: Any, key: str, chunks: list[ChatChunk], pipeline: int
     return len(chunks) / (time.perf_counter() - start)
 
 
+# The floors speak RESP themselves (not through the library's client), so that this file
+# measures any version of the library against the same floors.
+
+
+class _Incomplete(Exception):
+    pass
+
+
+def _parse(data: bytes, pos: int) -> tuple[Any, int]:
+    """One RESP2 value (arrays, bulk strings, integers, nil) at ``pos`` and the end."""
+    end = data.find(b"\r\n", pos)
+    if end < 0:
+        raise _Incomplete
+    kind, n = data[pos], int(data[pos + 1:end])
+    if kind == 58:  # :
+        return n, end + 2
+    if n < 0:
+        return None, end + 2
+    if kind == 36:  # $
+        if end + 4 + n > len(data):
+            raise _Incomplete
+        return data[end + 2:end + 2 + n], end + 4 + n
+    items, pos = [], end + 2
+    for _ in range(n):
+        item, pos = _parse(data, pos)
+        items.append(item)
+    return items, pos
+
+
+def _pack(args: list[str | int]) -> bytes:
+    words = [str(a).encode() for a in args]
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
+async def _raw_connection(url: str) -> trio.SocketStream:
+    parts = url.split("//", 1)[1].split("/", 1)[0]
+    host, port = parts.rsplit(":", 1)
+    return await trio.open_tcp_stream(host, int(port))
+
+
+def _xadd(key: bytes, seq: int, data: bytes) -> bytes:
+    ident = b"%d-0" % seq
+    return (b"*7\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$1\r\nk\r\n$1\r\nc\r\n"
+            b"$1\r\nd\r\n$%d\r\n%s\r\n" % (len(key), key, len(ident), ident, len(data), data))
+
+
+async def _read_lines(stream: trio.SocketStream, lines: int) -> None:
+    """Read until ``lines`` CRLF-terminated lines came (an XADD reply is two)."""
+    seen = 0
+    while seen < lines:
+        data = await stream.receive_some(1 << 18)
+        if not data:
+            raise ConnectionError("redis closed the connection")
+        seen += data.count(b"\r\n")
+
+
+async def raw_socket_xadd(url: str, key: str, chunks: list[ChatChunk], pipeline: int) -> float:
+    """The physical floor: bare XADDs over a raw trio socket, ``pipeline`` per round trip."""
+    payloads = [encode_chunk(c) for c in chunks]
+    bkey = key.encode()
+    stream = await _raw_connection(url)
+    async with stream:
+        start = time.perf_counter()
+        for first in range(0, len(payloads), pipeline):
+            batch = payloads[first:first + pipeline]
+            await stream.send_all(b"".join(
+                _xadd(bkey, first + i + 1, data) for i, data in enumerate(batch)))
+            await _read_lines(stream, 2 * len(batch))
+        return len(chunks) / (time.perf_counter() - start)
+
+
+async def raw_floor_with_follower(url: str, key: str, chunks: list[ChatChunk], pipeline: int,
+                                  decode: bool) -> tuple[float, list[float]]:
+    """Bare pipelined XADDs (as the journal's batches) and, in the same process, a bare
+    ``XREAD BLOCK`` follower on its own connection: chunks/s and the follower's lag.
+    ``decode``: the follower also decodes each entry to a ``ChatChunk``."""
+    from trio_llmstream.journal import decode_chunk
+
+    payloads = [encode_chunk(c) for c in chunks]
+    n = len(payloads)
+    bkey = key.encode()
+    sent = [0.0] * (n + 1)
+    lags: list[float] = []
+    elapsed = 0.0
+
+    async def write() -> None:
+        nonlocal elapsed
+        stream = await _raw_connection(url)
+        async with stream:
+            start = time.perf_counter()
+            seq = 0
+            for first in range(0, n, pipeline):
+                batch = payloads[first:first + pipeline]
+                now = time.perf_counter()
+                parts = []
+                for data in batch:
+                    seq += 1
+                    sent[seq] = now
+                    parts.append(_xadd(bkey, seq, data))
+                await stream.send_all(b"".join(parts))
+                await _read_lines(stream, 2 * len(batch))
+            elapsed = time.perf_counter() - start
+
+    async def follow() -> None:
+        stream = await _raw_connection(url)
+        async with stream:
+            position = 0
+            buf = b""
+            while position < n:
+                await stream.send_all(_pack(["XREAD", "COUNT", 1024, "BLOCK", 5000, "STREAMS",
+                                             key, f"{position}-0"]))
+                while True:
+                    try:
+                        reply, _ = _parse(buf, 0)
+                        buf = b""
+                        break
+                    except _Incomplete:
+                        buf += await stream.receive_some(1 << 18)
+                now = time.perf_counter()
+                for ident, fields in reply[0][1]:
+                    position = int(ident.split(b"-", 1)[0])
+                    if decode:
+                        decode_chunk(fields[3])
+                    lags.append(now - sent[position])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow)
+        await trio.sleep(0.05)  # the follower is blocked in XREAD
+        nursery.start_soon(write)
+    return n / elapsed, lags
+
+
 # -- latency -------------------------------------------------------------------------------------
 
 
@@ -203,13 +338,60 @@ async def latency(journal: Journal, n: int, interval: float, options: RecordOpti
     return lags
 
 
+async def raw_latency_floor(url: str, key: str, n: int, interval: float) -> list[float]:
+    """The floor of 2.: one bare XADD every ``interval`` over a raw socket, a bare
+    ``XREAD BLOCK`` follower (parsing and decoding each entry) in the same process."""
+    from trio_llmstream.journal import decode_chunk
+
+    payloads = [encode_chunk(c) for c in make_chunks(n)]
+    bkey = key.encode()
+    taken = [0.0] * (n + 1)
+    lags: list[float] = []
+
+    async def write() -> None:
+        stream = await _raw_connection(url)
+        async with stream:
+            next_at = trio.current_time()
+            for seq, data in enumerate(payloads, 1):
+                next_at += interval
+                await trio.sleep_until(next_at)
+                taken[seq] = time.perf_counter()
+                await stream.send_all(_xadd(bkey, seq, data))
+                await _read_lines(stream, 2)
+
+    async def follow() -> None:
+        stream = await _raw_connection(url)
+        async with stream:
+            position = 0
+            while position < n:
+                await stream.send_all(_pack(["XREAD", "COUNT", 256, "BLOCK", 5000, "STREAMS",
+                                             key, f"{position}-0"]))
+                buf = b""
+                while True:
+                    try:
+                        reply, _ = _parse(buf, 0)
+                        break
+                    except _Incomplete:
+                        buf += await stream.receive_some(1 << 18)
+                for ident, fields in reply[0][1]:
+                    position = int(ident.split(b"-", 1)[0])
+                    decode_chunk(fields[3])
+                    lags.append(time.perf_counter() - taken[position])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow)
+        await trio.sleep(0.05)
+        nursery.start_soon(write)
+    return lags
+
+
 def percentiles(lags: list[float]) -> str:
     ms = sorted(x * 1000 for x in lags)
     q = statistics.quantiles(ms, n=100)
     return f"p50 {q[49]:6.2f} ms   p90 {q[89]:6.2f} ms   p99 {q[98]:6.2f} ms   max {ms[-1]:6.2f} ms"
 
 
-async def main(redis_url: str, quick: bool) -> None:
+async def main(redis_url: str, quick: bool, relay: bool = True) -> None:
     n_fast = 5_000 if quick else 20_000
     n_slow = 1_000 if quick else 4_000
     n_lat = 100 if quick else 400
@@ -238,11 +420,17 @@ async def main(redis_url: str, quick: bool) -> None:
             "defaults": (defaults, n_fast), "former": (former, n_fast),
             "per chunk": (per_chunk, n_slow)}, rounds, "r")
         rows += [(f"redis, {labels[k]}", v) for k, v in red.items()]
-        rows.append(("redis floor: bare XADD, pipelined 64", await raw_xadd(
-            redis.client, f"{prefix}:raw1", make_chunks(n_fast), 64)))
-        rows.append(("redis floor: bare XADD, one per round trip", await raw_xadd(
-            redis.client, f"{prefix}:raw2", make_chunks(n_slow), 1)))
-        for key in (f"{prefix}:raw1", f"{prefix}:raw2"):
+        floors = {
+            "redis floor: bare XADD, raw socket, pipelined 256": (raw_socket_xadd, n_fast, 256),
+            "redis floor: bare XADD, raw socket, one per round trip": (
+                raw_socket_xadd, n_slow, 1),
+            "redis floor: bare XADD, coredis, pipelined 64": (raw_xadd, n_fast, 64),
+            "redis floor: bare XADD, coredis, one per round trip": (raw_xadd, n_slow, 1),
+        }
+        for i, (label, (fn, n, pipeline)) in enumerate(floors.items()):
+            key = f"{prefix}:raw{i}"
+            where: Any = redis_url if fn is raw_socket_xadd else redis.client
+            rows.append((label, await fn(where, key, make_chunks(n), pipeline)))
             await redis.client.delete([key])
         for name, rate in rows:
             print(f"   {name:<56} {rate:>10,.0f} chunks/s")
@@ -251,9 +439,10 @@ async def main(redis_url: str, quick: bool) -> None:
               f"redis x{red['defaults'] / red['former']:.2f}")
         print(f"   defaults / per chunk: memory x{mem['defaults'] / mem['per chunk']:.1f}, "
               f"redis x{red['defaults'] / red['per chunk']:.1f}")
-        print(f"   journal / bare XADD: defaults "
-              f"{red['defaults'] / r['redis floor: bare XADD, pipelined 64']:.2f}, per chunk "
-              f"{red['per chunk'] / r['redis floor: bare XADD, one per round trip']:.2f}")
+        print(f"   journal / bare XADD over a raw socket: defaults "
+              f"{red['defaults'] / r['redis floor: bare XADD, raw socket, pipelined 256']:.2f}"
+              f", per chunk "
+              f"{red['per chunk'] / r['redis floor: bare XADD, raw socket, one per round trip']:.2f}")
 
         print(f"\n2. write-to-follower latency: one chunk every 5 ms, {n_lat} chunks, "
               "a live follower")
@@ -265,21 +454,38 @@ async def main(redis_url: str, quick: bool) -> None:
                 await journal.delete_run(run)
                 idle_p50[f"{name} {label}"] = statistics.median(lags)
                 print(f"   {name:<7} {label:<21} {percentiles(lags)}")
+        lags = await raw_latency_floor(redis_url, f"{prefix}:rawl", n_lat, 0.005)
+        await redis.client.delete([f"{prefix}:rawl"])
+        floor_p50 = statistics.median(lags) * 1000
+        print(f"   {'redis   floor: bare XADD -> XREAD':<29} {percentiles(lags)}")
 
         print(f"\n3. both at once, redis, defaults: {n_fast} chunks as fast as the source "
               "gives them, a live follower")
         loaded_rate, loaded_lags = await throughput_with_follower(redis, n_fast, defaults, "both")
-        print(f"   {loaded_rate:>10,.0f} chunks/s;  follower lag under that load: "
+        print(f"   {'journal (record + follow)':<34} {loaded_rate:>8,.0f} chunks/s;  lag "
               f"{percentiles(loaded_lags)}")
+        floor_rates: dict[bool, float] = {}
+        for decode in (False, True):
+            key = f"{prefix}:rawf{int(decode)}"
+            rate, lags = await raw_floor_with_follower(redis_url, key, make_chunks(n_fast), 256,
+                                                       decode)
+            await redis.client.delete([key])
+            floor_rates[decode] = rate
+            label = "floor: bare XADD + XREAD" + (", decoded" if decode else "")
+            print(f"   {label:<34} {rate:>8,.0f} chunks/s;  lag {percentiles(lags)}")
+        print(f"   journal / floor: x{loaded_rate / floor_rates[False]:.2f} (parsed only), "
+              f"x{loaded_rate / floor_rates[True]:.2f} (decoded)")
         p50 = idle_p50["redis defaults"] * 1000
         print("\n   targets (performance issue): journal on Redis, defaults")
         print(f"   - throughput >= 90,000 chunks/s: {red['defaults']:,.0f} "
               f"({'met' if red['defaults'] >= 90_000 else 'NOT met'}; with a live follower "
-              f"{loaded_rate:,.0f})")
+              f"{loaded_rate:,.0f}, whose floor here is {floor_rates[True]:,.0f} decoded, "
+              f"{floor_rates[False]:,.0f} parsed only)")
         print(f"   - write -> live follower p50 <= 1 ms: {p50:.2f} ms "
-              f"({'met' if p50 <= 1.0 else 'NOT met'})")
+              f"({'met' if p50 <= 1.0 else 'NOT met'}; floor {floor_p50:.2f} ms)")
 
-    await relay_section(200 if quick else 1_000, 1 if quick else 2)
+    if relay:
+        await relay_section(200 if quick else 1_000, 1 if quick else 2)
 
 
 # -- 4. relay throughput ---------------------------------------------------------------------------
@@ -372,9 +578,10 @@ if __name__ == "__main__":
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis", default=None, metavar="URL")
     parser.add_argument("--quick", action="store_true", help="fewer chunks (a smoke run)")
+    parser.add_argument("--no-relay", action="store_true", help="skip 4. (relay throughput)")
     args = parser.parse_args()
     if args.redis:
-        trio.run(main, args.redis, args.quick)
+        trio.run(main, args.redis, args.quick, not args.no_relay)
     else:
         with private_redis() as url:
-            trio.run(main, url, args.quick)
+            trio.run(main, url, args.quick, not args.no_relay)

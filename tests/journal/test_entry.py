@@ -39,6 +39,7 @@ from trio_llmstream.journal import (
     format_sse,
     parse_event_id,
 )
+from trio_llmstream.journal._entry import _encode_chunk_structs, chunk_entry
 from trio_llmstream.journal._sse import format_sse_end, sse_comment, sse_retry
 from trio_llmstream.testing.strategies import chunk_sequences
 
@@ -80,6 +81,42 @@ ends = st.one_of(
 @given(chunks())
 def test_chunk_wire_form_round_trips(chunk: ChatChunk) -> None:
     assert decode_chunk(encode_chunk(chunk)) == chunk
+
+
+@st.composite
+def text_chunks(draw: st.DrawFn) -> ChatChunk:
+    """Chunks of the shapes that encode_chunk writes directly (one choice, text or
+    reasoning), and their near misses (a role, a finish reason, an index, both texts)."""
+    text = st.text()  # any code point: quotes, backslashes, controls, non-BMP
+    content, reasoning = draw(st.sampled_from([(True, False), (False, True), (True, True)]))
+    delta = ChoiceDelta(
+        role=draw(st.sampled_from([None, None, None, "assistant"])),
+        content=draw(text) if content else None,
+        reasoning=draw(text) if reasoning else None,
+    )
+    finish = draw(st.sampled_from([None, None, None, "stop"]))
+    choice = Choice(delta, draw(st.sampled_from([0, 0, 0, 1])), finish,
+                    draw(st.sampled_from([None, None, None, "end_turn"])))
+    return ChatChunk(draw(text), [choice])
+
+
+@given(text_chunks() | chunks())
+def test_direct_chunk_encoding_is_the_structs_encoding(chunk: ChatChunk) -> None:
+    # encode_chunk writes common chunks directly: byte for byte what the wire Structs write
+    # (the stored form is documented and stable), and it reads back as the same chunk.
+    data = encode_chunk(chunk)
+    assert data == _encode_chunk_structs(chunk)
+    assert decode_chunk(data) == chunk
+
+
+@given(st.integers(1, 2**63), chunks())
+def test_unchecked_chunk_entries_are_the_checked_ones(seq: int, chunk: ChatChunk) -> None:
+    made = chunk_entry(seq, chunk)
+    checked = JournalEntry(seq, chunk=chunk)
+    assert made == checked
+    assert repr(made) == repr(checked)
+    assert made.end is None
+    assert not made.is_terminal
 
 
 @given(chunk_sequences())

@@ -169,22 +169,38 @@ class JournalEntry:
         return self.end is not None
 
 
+_new = object.__new__
+_set = object.__setattr__
+
+
+def chunk_entry(seq: int, chunk: ChatChunk) -> JournalEntry:
+    """``JournalEntry(seq, chunk=chunk)`` without the checks, for a caller whose ``seq`` is
+    already known to be an int >= 1 (the recorder's counter, a parsed stream ID): the
+    same object at half the cost, which is per chunk on both the writer's and the
+    followers' side."""
+    entry: JournalEntry = _new(JournalEntry)
+    _set(entry, "seq", seq)
+    _set(entry, "chunk", chunk)
+    _set(entry, "end", None)
+    return entry
+
+
 # -- wire Structs --------------------------------------------------------------------------------
 
 
-class _Call(msgspec.Struct, omit_defaults=True):
+class _Call(msgspec.Struct, omit_defaults=True, gc=False):
     id: str
     name: str
     arguments: str
 
 
-class _Item(msgspec.Struct):
+class _Item(msgspec.Struct, gc=False):
     provider: str
     kind: str
     data: str
 
 
-class _Delta(msgspec.Struct, omit_defaults=True):
+class _Delta(msgspec.Struct, omit_defaults=True, gc=False):
     role: str | None = None
     content: str | None = None
     reasoning: str | None = None
@@ -193,14 +209,14 @@ class _Delta(msgspec.Struct, omit_defaults=True):
     provider_items: list[_Item] = []
 
 
-class _Choice(msgspec.Struct, omit_defaults=True):
+class _Choice(msgspec.Struct, omit_defaults=True, gc=False):
     delta: _Delta
     index: int = 0
     finish_reason: str | None = None
     native_finish_reason: str | None = None
 
 
-class _Usage(msgspec.Struct, omit_defaults=True):
+class _Usage(msgspec.Struct, omit_defaults=True, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -209,7 +225,7 @@ class _Usage(msgspec.Struct, omit_defaults=True):
     source: Literal["provider", "provider_partial", "estimated"] = "provider"
 
 
-class _Chunk(msgspec.Struct, omit_defaults=True):
+class _Chunk(msgspec.Struct, omit_defaults=True, gc=False):
     id: str
     choices: list[_Choice] = []
     usage: _Usage | None = None
@@ -263,11 +279,15 @@ def _wire_chunk(chunk: ChatChunk) -> _Chunk:
 
 
 def _from_wire_chunk(w: _Chunk) -> ChatChunk:
+    # The empty cases skip the comprehensions: most chunks carry text only, and a reader
+    # catching up decodes a whole page of them.
     choices = []
     for c in w.choices:
         d = c.delta
-        calls = [FunctionCall(t.id, t.name, t.arguments) for t in d.tool_calls]
-        items = tuple(ProviderItem(i.provider, i.kind, i.data) for i in d.provider_items)
+        calls = [FunctionCall(t.id, t.name, t.arguments) for t in d.tool_calls] if d.tool_calls \
+            else []
+        items = tuple(ProviderItem(i.provider, i.kind, i.data) for i in d.provider_items) \
+            if d.provider_items else ()
         delta = ChoiceDelta(
             role=d.role,  # type: ignore[arg-type]
             content=d.content,
@@ -303,6 +323,27 @@ def _from_wire_end(w: _End) -> RunEnd:
 
 def encode_chunk(chunk: ChatChunk) -> bytes:
     """The wire JSON of a chunk (see the module docstring)."""
+    choices = chunk.choices
+    if len(choices) == 1 and chunk.usage is None:
+        # The common chunk (one choice, text or reasoning, no calls, items or usage) written
+        # directly: 5x cheaper than building the wire Structs, and the very same bytes (the
+        # fields in the Structs' order, defaults left out; a test holds both to it).
+        choice = choices[0]
+        d = choice.delta
+        if (not d.tool_calls and not d.provider_items and choice.index == 0
+                and choice.finish_reason is None and choice.native_finish_reason is None):
+            enc = _encoder.encode
+            if d.role is None and d.reasoning is None and d.content is not None:
+                return b'{"id":%s,"choices":[{"delta":{"content":%s}}]}' % (
+                    enc(chunk.request_id), enc(d.content))
+            if d.role is None and d.content is None and d.reasoning is not None:
+                return b'{"id":%s,"choices":[{"delta":{"reasoning":%s}}]}' % (
+                    enc(chunk.request_id), enc(d.reasoning))
+    return _encoder.encode(_wire_chunk(chunk))
+
+
+def _encode_chunk_structs(chunk: ChatChunk) -> bytes:
+    # The general path alone (tests compare the fast path with it).
     return _encoder.encode(_wire_chunk(chunk))
 
 

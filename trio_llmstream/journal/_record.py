@@ -67,7 +67,7 @@ from .._exceptions import LLMStreamError, StreamInterrupted, StreamTruncatedErro
 from .._models import ChatChunk, StreamStatus
 from .._stream import LLMStream
 from ._base import Journal, check_run_id
-from ._entry import ErrorInfo, JournalEntry, RunEnd
+from ._entry import ErrorInfo, JournalEntry, RunEnd, chunk_entry
 from ._errors import JournalError, JournalUnavailable, RunClosed, RunTooLong
 from ._memory import too_long_end
 
@@ -203,6 +203,10 @@ class _Queue:
             if self._room.is_set():
                 self._room = trio.Event()
             await self._room.wait()
+        self.put_nowait(entry)
+
+    def put_nowait(self, entry: JournalEntry) -> None:
+        """Queue ``entry`` now: the caller saw room (``len(entries) < limit``)."""
         if self.broken or self.closed:
             raise _Broken
         self.entries.append(entry)
@@ -335,7 +339,9 @@ class _Recorder:
         self, it: AsyncIterator[ChatChunk | RunEnd], source: object
     ) -> tuple[RunEnd, BaseException | None, bool]:
         tracker = self.tracker
-        put = self.queue.put
+        queue = self.queue
+        entries = queue.entries
+        limit = queue.limit
         while True:
             try:
                 item = await anext(it)
@@ -355,9 +361,14 @@ class _Recorder:
                 )
                 return RunEnd(StreamStatus.FAILED, error=ErrorInfo.from_exception(bug)), bug, True
             tracker.add(item)
-            self.pending = item
-            await put(JournalEntry(self.seq, chunk=item))
-            self.pending = None
+            entry = chunk_entry(self.seq, item)  # self.seq: an int >= 1
+            if len(entries) < limit:
+                # Room: queued without a coroutine (the common case; nothing here yields).
+                queue.put_nowait(entry)
+            else:
+                self.pending = item
+                await queue.put(entry)
+                self.pending = None
             self.seq += 1
             self.chunks += 1
 

@@ -31,6 +31,17 @@ Errors are translated at one place, :meth:`RedisJournal._call`: connection error
 (``command_timeout``, enforced with a trio deadline), "loading" and read-only replies become
 ``JournalUnavailable`` (retryable); any other Redis error is a ``JournalError``.
 
+Two transports. A single Redis node (``cluster=False``, a ``redis://`` or ``rediss://`` URL)
+is spoken to by :class:`_RespPool`, a small RESP2 client on trio sockets: every command is
+sent and its reply read in the caller's own task, with no other task or queue in between.
+That is the hot path (a write is one ``EVALSHA``, a live follower waits in one ``XREAD
+BLOCK``), and coredis's own machinery (a writer task, a reader task, a request queue and a
+pool lock per command, through anyio) costs ~300 µs of CPU per command on a small machine
+against ~50 µs for the round trip itself: that was most of a live follower's lag. A Redis
+Cluster (slot routing, redirections, topology changes), a URL with query options, or a
+``RedisJournal`` built on a caller's coredis client uses coredis for everything. The Lua
+scripts, and so every guarantee, are the same on both.
+
 coredis runs on trio through anyio. Its client is an async context manager that owns a task
 group for its connections: :func:`open_redis_journal` enters it for the caller, so the
 connections live inside the caller's nursery tree. coredis multiplexes ordinary commands
@@ -41,7 +52,9 @@ followers can never starve the writers of connections.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -52,6 +65,7 @@ import trio
 from ._base import Journal, JournalPage, RunInfo, check_meta, check_page, check_run_id
 from ._entry import (
     JournalEntry,
+    chunk_entry,
     decode_chunk,
     decode_end,
     encode_chunk,
@@ -168,7 +182,10 @@ return 1
 """
 
 # KEYS: entries, meta. ARGV: start id, count. -> {-1} no run;
-#    {1, last, end or -1, idle_ms, first seq or -1, {entries...}}
+#    {1, last, end or -1, idle_ms, first seq or -1, {id, kind, data, id, kind, data, ...}}
+# The entries come flat, three values each, rather than as XRANGE's nested [id, [k, kind, d,
+# data]]: parsing the reply is most of a catching-up reader's work per entry. An entry whose
+# fields are not as the scripts write them comes as kind '?' (reported as corrupted).
 _READ = _NOW + """
 local m = redis.call('HMGET', KEYS[2], 'last', 'end', 'hb')
 if not m[1] then return {-1} end
@@ -177,7 +194,16 @@ local firstseq = -1
 if #oldest > 0 then firstseq = tonumber(string.match(oldest[1][1], '^(%d+)')) end
 local entries = {}
 if tonumber(ARGV[2]) > 0 then
-  entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+  local n = 0
+  for _, e in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])) do
+    local f = e[2]
+    if #f == 4 and f[1] == 'k' and f[3] == 'd' then
+      entries[n + 1], entries[n + 2], entries[n + 3] = e[1], f[2], f[4]
+    else
+      entries[n + 1], entries[n + 2], entries[n + 3] = e[1], '?', ''
+    end
+    n = n + 3
+  end
 end
 return {1, tonumber(m[1]), tonumber(m[2] or -1), now - tonumber(m[3]), firstseq, entries}
 """
@@ -221,23 +247,318 @@ def _redis_error_type() -> type[BaseException]:
 
 
 def _entry(identifier: bytes | str, fields: Any) -> JournalEntry:
-    # fields: a mapping (XREAD through coredis) or a flat [k, v, ...] list (from Lua).
-    if isinstance(identifier, str):
-        identifier = identifier.encode()
+    # fields: a mapping (XREAD through coredis) or a flat [k, v, ...] list (XREAD, RESP).
     try:
-        seq = int(identifier.split(b"-", 1)[0])
         if isinstance(fields, dict):
             kind, data = fields[b"k"], fields[b"d"]
+        elif len(fields) == 4 and fields[0] == b"k" and fields[2] == b"d":
+            kind, data = fields[1], fields[3]  # as the scripts write them
         else:
             pairs = dict(zip(fields[::2], fields[1::2], strict=True))
             kind, data = pairs[b"k"], pairs[b"d"]
     except (KeyError, ValueError, TypeError) as exc:
         raise JournalCorrupted(f"malformed stream entry {identifier!r}: {exc!r}") from exc
+    return _entry_of(identifier, kind, data)
+
+
+def _entry_of(identifier: bytes | str, kind: bytes, data: bytes) -> JournalEntry:
+    if isinstance(identifier, str):
+        identifier = identifier.encode()
+    try:
+        seq = int(identifier.split(b"-", 1)[0])
+        if seq < 1:
+            raise ValueError("a seq is >= 1")
+    except ValueError as exc:
+        raise JournalCorrupted(f"malformed stream entry {identifier!r}: {exc!r}") from exc
     if kind == b"c":
-        return JournalEntry(seq, chunk=decode_chunk(data))
+        return chunk_entry(seq, decode_chunk(data))
     if kind == b"e":
         return JournalEntry(seq, end=decode_end(data))
     raise JournalCorrupted(f"stream entry {identifier!r} has unknown kind {kind!r}")
+
+
+# -- the direct RESP transport (a single Redis node) ---------------------------------------------
+
+
+class _RespError(Exception):
+    """An error reply from Redis (``-ERR ...``, ``-NOSCRIPT ...``, ``-LOADING ...``)."""
+
+    # Error replies that mean "not now" (the server is loading, a replica, failing over,
+    # or busy running a script) rather than "never": the recorder and followers retry them.
+    # (MOVED / ASK are not: they mean a cluster node was given without cluster=True.)
+    TRANSIENT = (b"LOADING", b"READONLY", b"MASTERDOWN", b"TRYAGAIN", b"CLUSTERDOWN", b"BUSY")
+
+    def __init__(self, message: bytes) -> None:
+        super().__init__(message.decode("utf-8", "replace"))
+        self.code = message.split(b" ", 1)[0]
+
+    @property
+    def transient(self) -> bool:
+        return self.code in self.TRANSIENT
+
+
+class _RespConnectionError(ConnectionError):
+    """The connection to Redis failed, closed, or broke the protocol."""
+
+
+class _Incomplete(Exception):
+    """The buffer does not hold a whole reply yet."""
+
+
+def _parse(data: bytes, pos: int) -> tuple[Any, int]:
+    """One RESP2 value of ``data`` at ``pos``, and the position after it. Bulk and simple
+    strings are ``bytes``, nil is ``None``, an error is a :class:`_RespError` value (raised
+    by the caller when it is the whole reply). Raises ``_Incomplete`` if ``data`` ends first."""
+    end = data.find(b"\r\n", pos)
+    if end < 0:
+        raise _Incomplete
+    kind = data[pos]
+    if kind == 36:  # $: bulk string
+        n = int(data[pos + 1:end])
+        if n < 0:
+            return None, end + 2
+        stop = end + 2 + n
+        if stop + 2 > len(data):
+            raise _Incomplete
+        return data[end + 2:stop], stop + 2
+    if kind == 42:  # *: array
+        n = int(data[pos + 1:end])
+        if n < 0:
+            return None, end + 2
+        pos = end + 2
+        size = len(data)
+        items: list[Any] = []
+        append = items.append
+        for _ in range(n):
+            if pos >= size:
+                raise _Incomplete
+            if data[pos] != 36:
+                item, pos = _parse(data, pos)
+                append(item)
+                continue
+            # A bulk string, inline: most of a page's values are (one call fewer each).
+            end = data.find(b"\r\n", pos)
+            if end < 0:
+                raise _Incomplete
+            length = int(data[pos + 1:end])
+            if length < 0:
+                append(None)
+                pos = end + 2
+                continue
+            stop = end + 2 + length
+            if stop + 2 > size:
+                raise _Incomplete
+            append(data[end + 2:stop])
+            pos = stop + 2
+        return items, pos
+    if kind == 58:  # :: integer
+        return int(data[pos + 1:end]), end + 2
+    if kind == 43:  # +: simple string
+        return data[pos + 1:end], end + 2
+    if kind == 45:  # -: error
+        return _RespError(data[pos + 1:end]), end + 2
+    raise _RespConnectionError(f"not a RESP2 reply from Redis (type byte {kind!r})")
+
+
+def _pack(args: Sequence[bytes | str | int]) -> bytes:
+    """A command in RESP2 (an array of bulk strings)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
+    return b"".join(parts)
+
+
+_RECEIVE_SIZE = 1 << 18  # whatever the socket holds, up to 256 KiB, in one read
+
+
+class _RespConnection:
+    """One connection: a command is sent and its reply read by the calling task itself."""
+
+    __slots__ = ("_buf", "stream")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._buf = bytearray()
+
+    async def call(self, payload: bytes) -> Any:
+        """Send one command and return its reply (an error reply as a ``_RespError`` value).
+        If this raises or is cancelled, the connection's state is unknown: close it."""
+        await self.stream.send_all(payload)
+        buf = self._buf
+        while True:
+            if buf:
+                # Parse from an immutable copy, so that the values are bytes; a reply that
+                # came in several reads is parsed again from its start (reads are large, so
+                # that is rare and a few times at most: Redis sends 64 KiB per turn).
+                data = bytes(buf)
+                try:
+                    value, pos = _parse(data, 0)
+                except _Incomplete:
+                    pass
+                except ValueError as exc:
+                    raise _RespConnectionError(f"malformed reply from Redis: {exc}") from exc
+                else:
+                    del buf[:pos]
+                    return value
+            received = await self.stream.receive_some(_RECEIVE_SIZE)
+            if not received:
+                raise _RespConnectionError("Redis closed the connection")
+            buf += received
+
+
+class _RespPool:
+    """Connections to one Redis node, at most ``max_connections`` of them, each used by one
+    command at a time (so a blocked ``XREAD`` holds one, as with coredis). Connecting is
+    lazy. A connection whose command failed, timed out or was cancelled is closed, never
+    reused (its reply may still be on the way); error *replies* leave it usable.
+
+    Cancellation: a cancelled command closes its connection; the command may or may not have
+    run in Redis (so only idempotent writes go through here: the journal's scripts are)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        username: str | None,
+        password: str | None,
+        db: int,
+        connect_timeout: float,
+        max_connections: int,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._ssl = ssl_context
+        self._hello: list[bytes] = []  # sent once per new connection, before any command
+        if password is not None:
+            auth: list[bytes | str | int] = ["AUTH", password]
+            if username:
+                auth.insert(1, username)
+            self._hello.append(_pack(auth))
+        if db:
+            self._hello.append(_pack(["SELECT", db]))
+        self._connect_timeout = connect_timeout
+        self._limit = trio.Semaphore(max_connections)
+        self._idle: list[_RespConnection] = []
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"_RespPool({self.host}:{self.port})"
+
+    async def _connect(self) -> _RespConnection:
+        with trio.move_on_after(self._connect_timeout):
+            stream: trio.abc.Stream = await trio.open_tcp_stream(self.host, self.port)
+            try:
+                if self._ssl is not None:
+                    ssl_stream = trio.SSLStream(stream, self._ssl, server_hostname=self.host)
+                    await ssl_stream.do_handshake()
+                    stream = ssl_stream
+                conn = _RespConnection(stream)
+                for command in self._hello:
+                    reply = await conn.call(command)
+                    if isinstance(reply, _RespError):
+                        raise reply
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            return conn
+        raise _RespConnectionError(
+            f"could not connect to Redis at {self.host}:{self.port} within "
+            f"{self._connect_timeout:g} s"
+        )
+
+    async def execute(self, payload: bytes) -> Any:
+        """Run one packed command; return its reply, or raise its error reply
+        (``_RespError``) or the connection's failure (``OSError``, ``trio.BrokenResourceError``,
+        ``_RespConnectionError``)."""
+        if self._closed:
+            raise _RespConnectionError("the journal's Redis connections are closed")
+        try:
+            self._limit.acquire_nowait()
+        except trio.WouldBlock:
+            await self._limit.acquire()
+        try:
+            conn = self._idle.pop() if self._idle else await self._connect()
+            try:
+                reply = await conn.call(payload)
+            except BaseException as exc:
+                await trio.aclose_forcefully(conn.stream)
+                if not isinstance(exc, trio.Cancelled):
+                    # The server went away (or hung): the idle connections are most likely
+                    # dead too; drop them rather than fail one retry on each.
+                    idle, self._idle = self._idle, []
+                    for other in idle:
+                        await trio.aclose_forcefully(other.stream)
+                raise
+            if self._closed:
+                await trio.aclose_forcefully(conn.stream)
+            else:
+                self._idle.append(conn)
+        finally:
+            self._limit.release()
+        if isinstance(reply, _RespError):
+            raise reply
+        return reply
+
+    async def evalsha(self, sha: str, source: str, keys: Sequence[str],
+                      args: Sequence[bytes | str | int]) -> Any:
+        """Run a Lua script by its SHA1, loading it (``EVAL``) if Redis does not have it
+        (a restarted server, ``SCRIPT FLUSH``)."""
+        try:
+            return await self.execute(_pack(["EVALSHA", sha, len(keys), *keys, *args]))
+        except _RespError as exc:
+            if exc.code != b"NOSCRIPT":
+                raise
+        return await self.execute(_pack(["EVAL", source, len(keys), *keys, *args]))
+
+    async def aclose(self) -> None:
+        """Close the idle connections; one in use is closed when its command returns."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await trio.aclose_forcefully(conn.stream)
+
+
+def _resp_pools(url: str, connect_timeout: float, max_connections: int,
+                max_blocking_connections: int) -> tuple[_RespPool, _RespPool] | None:
+    """Pools for the direct transport, if ``url`` is one it speaks: ``redis://`` or
+    ``rediss://`` (TLS with the default context), optional user, password and database
+    number, and no query options (those are coredis's: it gets the URL then)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or parts.query or parts.fragment:
+        return None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        return None
+    ssl_context = ssl.create_default_context() if parts.scheme == "rediss" else None
+    username = urllib.parse.unquote(parts.username) if parts.username else None
+    password = urllib.parse.unquote(parts.password) if parts.password is not None else None
+    if password is None and username is not None:
+        return None  # a user without a password: coredis's reading of it
+    common: dict[str, Any] = dict(
+        ssl_context=ssl_context, username=username, password=password,
+        db=int(path or 0), connect_timeout=connect_timeout,
+    )
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    return (_RespPool(host, port, max_connections=max_connections, **common),
+            _RespPool(host, port, max_connections=max_blocking_connections, **common))
+
+
+class _Lua:
+    """A script: its source and SHA1 for the direct transport, coredis's handle for coredis."""
+
+    __slots__ = ("coredis", "sha", "source")
+
+    def __init__(self, client: coredis.Redis[bytes] | coredis.RedisCluster[bytes],
+                 source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.coredis: Script[bytes] = client.register_script(source)
 
 
 class RedisJournal(Journal):
@@ -252,7 +573,9 @@ class RedisJournal(Journal):
     run: after its end). A live run is never trimmed; a run holds at most ``max_entries``
     chunk entries (a write past it ends the run with a ``RunTooLong`` terminal entry and
     raises ``RunTooLong``). Every command is bounded by ``command_timeout`` seconds; a
-    blocking read by its wait plus that.
+    blocking read by its wait plus that. Built directly, it sends everything through
+    ``client``; :func:`open_redis_journal` gives a single node the faster direct transport
+    (see the module docstring).
     """
 
     def __init__(
@@ -276,13 +599,20 @@ class RedisJournal(Journal):
         self.max_entries = max_entries
         self.command_timeout = command_timeout
         self._ttl_ms = max(1, math.ceil(ttl * 1000))
-        self._create: Script[bytes] = client.register_script(_CREATE)
-        self._append: Script[bytes] = client.register_script(_APPEND)
-        self._heartbeat: Script[bytes] = client.register_script(_HEARTBEAT)
-        self._read: Script[bytes] = client.register_script(_READ)
-        self._seal: Script[bytes] = client.register_script(_SEAL)
-        self._meta: Script[bytes] = client.register_script(_META)
-        self._unavailable = _unavailable_types()
+        self._create = _Lua(client, _CREATE)
+        self._append = _Lua(client, _APPEND)
+        self._heartbeat = _Lua(client, _HEARTBEAT)
+        self._read = _Lua(client, _READ)
+        self._seal = _Lua(client, _SEAL)
+        self._meta = _Lua(client, _META)
+        # The direct transport (see the module docstring), set by open_redis_journal for a
+        # single node; None: coredis for everything.
+        self._resp: _RespPool | None = None
+        self._resp_blocking: _RespPool | None = None
+        # Connection failures of either transport (the direct one's are OSErrors, trio's
+        # broken or closed streams, or a _RespConnectionError, itself a ConnectionError).
+        self._unavailable: tuple[type[BaseException], ...] = (
+            *_unavailable_types(), trio.BrokenResourceError, trio.ClosedResourceError)
         self._redis_error = _redis_error_type()
 
     def __repr__(self) -> str:
@@ -301,6 +631,14 @@ class RedisJournal(Journal):
         try:
             with trio.move_on_after(limit) as scope:
                 return await op()
+        except _RespError as exc:
+            if exc.transient:
+                raise JournalUnavailable(
+                    f"Redis unavailable ({what} of run {run_id!r}): {exc}", run_id=run_id
+                ) from exc
+            raise JournalError(
+                f"Redis error ({what} of run {run_id!r}): {exc}", run_id=run_id
+            ) from exc
         except self._unavailable as exc:
             raise JournalUnavailable(
                 f"Redis unavailable ({what} of run {run_id!r}): {type(exc).__name__}: {exc}",
@@ -317,10 +655,17 @@ class RedisJournal(Journal):
             run_id=run_id,
         )
 
+    async def _eval(self, lua: _Lua, keys: tuple[str, str], args: Sequence[Any]) -> Any:
+        if self._resp is not None:
+            return await self._resp.evalsha(lua.sha, lua.source, keys, args)
+        return await lua.coredis(keys=keys, args=args)
+
     async def ping(self) -> None:
         """Check that Redis answers (``JournalUnavailable`` if not). Cancellation: harmless."""
 
         async def op() -> Any:
+            if self._resp is not None:
+                return await self._resp.execute(_pack(["PING"]))
             return await self.client.ping()
 
         await self._call("-", "ping", op, self.command_timeout)
@@ -338,7 +683,7 @@ class RedisJournal(Journal):
         args: list[int | bytes] = [self._ttl_ms] if meta is None else [self._ttl_ms, meta]
 
         async def op() -> Any:
-            return await self._create(keys=keys, args=args)
+            return await self._eval(self._create, keys, args)
 
         if await self._call(run_id, "create", op, self.command_timeout) != 1:
             raise RunExists(f"run {run_id!r} already exists", run_id=run_id)
@@ -348,7 +693,7 @@ class RedisJournal(Journal):
         keys = self.keys(run_id)
 
         async def op() -> Any:
-            return await self._meta(keys=keys, args=[])
+            return await self._eval(self._meta, keys, [])
 
         reply = await self._call(run_id, "meta", op, self.command_timeout)
         if int(reply[0]) == -1:
@@ -382,7 +727,7 @@ class RedisJournal(Journal):
                 )
 
         async def op() -> Any:
-            return await self._append(keys=keys, args=args)
+            return await self._eval(self._append, keys, args)
 
         reply = await self._call(run_id, "append", op, self.command_timeout)
         code, value = int(reply[0]), int(reply[1])
@@ -411,7 +756,7 @@ class RedisJournal(Journal):
         keys = self.keys(run_id)
 
         async def op() -> Any:
-            return await self._heartbeat(keys=keys, args=[self._ttl_ms])
+            return await self._eval(self._heartbeat, keys, [self._ttl_ms])
 
         if await self._call(run_id, "heartbeat", op, self.command_timeout) == -1:
             raise self._not_found(run_id)
@@ -420,7 +765,7 @@ class RedisJournal(Journal):
         JournalPage
     ):
         async def op() -> Any:
-            return await self._read(keys=keys, args=[f"{after + 1}-0", max(0, limit)])
+            return await self._eval(self._read, keys, [f"{after + 1}-0", max(0, limit)])
 
         reply = await self._call(run_id, "read", op, self.command_timeout)
         if int(reply[0]) == -1:
@@ -435,7 +780,10 @@ class RedisJournal(Journal):
             first_seq=last + 1 if first < 0 else first,
             idle=max(0, int(idle_ms)) / 1000,
         )
-        page = JournalPage(tuple(_entry(item[0], item[1]) for item in raw), info)
+        page = JournalPage(
+            tuple(_entry_of(raw[i], raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3)),
+            info,
+        )
         return check_page(run_id, after, page) if limit > 0 else page
 
     async def read(
@@ -457,16 +805,20 @@ class RedisJournal(Journal):
         since = min(after, page.info.last_seq)
 
         async def op() -> Any:
-            return await self.blocking_client.xread(
+            if self._resp_blocking is not None:
+                # [[key, [[id, [field, value, ...]], ...]]], or nil when the wait ran out.
+                reply = await self._resp_blocking.execute(_pack(
+                    ["XREAD", "COUNT", limit, "BLOCK", block_ms, "STREAMS", keys[0],
+                     f"{since}-0"]))
+                return [(item[0], item[1]) for item in reply[0][1]] if reply else []
+            reply = await self.blocking_client.xread(
                 {keys[0]: f"{since}-0"}, count=limit, block=block_ms
             )
+            raw = reply.get(keys[0].encode()) if reply else None
+            return [(item.identifier, item.field_values) for item in raw or ()]
 
-        reply = await self._call(run_id, "blocking read", op, wait + self.command_timeout)
-        raw = reply.get(keys[0].encode()) if reply else None
-        entries = tuple(
-            e for e in (_entry(item.identifier, item.field_values) for item in raw or ())
-            if e.seq > after
-        )
+        raw = await self._call(run_id, "blocking read", op, wait + self.command_timeout)
+        entries = tuple(e for e in (_entry(i, f) for i, f in raw) if e.seq > after)
         if not entries:
             # Nothing for us came: look again for the state (how long the run has been idle).
             return await self._page(run_id, keys, after, limit)
@@ -488,7 +840,7 @@ class RedisJournal(Journal):
         limit_ms = max(0, math.ceil(idle_limit * 1000 - 1e-6))
 
         async def op() -> Any:
-            return await self._seal(keys=keys, args=[limit_ms, data, self._ttl_ms])
+            return await self._eval(self._seal, keys, [limit_ms, data, self._ttl_ms])
 
         reply = await self._call(run_id, "seal", op, self.command_timeout)
         if reply == -1:
@@ -500,6 +852,8 @@ class RedisJournal(Journal):
         keys = self.keys(run_id)
 
         async def op() -> Any:
+            if self._resp is not None:
+                return await self._resp.execute(_pack(["DEL", *keys]))
             return await self.client.delete(list(keys))
 
         await self._call(run_id, "delete", op, self.command_timeout)
@@ -531,13 +885,17 @@ async def open_redis_journal(
     slots move. ``max_connections`` and ``max_blocking_connections`` are then totals across
     the nodes.
 
-    Two coredis clients (and their connection tasks) live for the block, inside the caller's
-    task tree; leaving the block closes their connections. One carries every ordinary command
-    (multiplexed over at most ``max_connections`` connections); the other the followers'
-    blocking reads, one connection per waiting follower, at most
-    ``max_blocking_connections`` (more followers wait their turn, which delays them by up to
-    their poll interval). Connecting is lazy: an unreachable Redis shows as
-    ``JournalUnavailable`` from the first operation.
+    A single node (``cluster=False``) at a ``redis://`` or ``rediss://`` URL without query
+    options (user, password and database number are read from it) is spoken to directly:
+    the journal's commands run in the calling task over its own connections, at most
+    ``max_connections`` for ordinary commands and ``max_blocking_connections`` for the
+    followers' blocking reads (one per waiting follower; more followers wait their turn,
+    which delays them by up to their poll interval). Two coredis clients (and their
+    connection tasks) live for the block too, inside the caller's task tree: ``client``
+    for the caller's own commands and the relay's, and, for a cluster or another URL, every
+    command of the journal, with the same two limits. Leaving the block closes every
+    connection. Connecting is lazy: an unreachable Redis shows as ``JournalUnavailable``
+    from the first operation.
     An exception from the block propagates unchanged (not wrapped in an ExceptionGroup by
     coredis's task group).
 
@@ -585,12 +943,21 @@ async def open_redis_journal(
         max_entries=max_entries,
         command_timeout=command_timeout,
     )
+    pools = None if cluster else _resp_pools(url, connect_timeout, max_connections,
+                                             max_blocking_connections)
+    if pools is not None:
+        journal._resp, journal._resp_blocking = pools
     body_exc: BaseException | None = None
     async with client, blocking:
         try:
             yield journal
         except BaseException as exc:
             body_exc = exc
+        finally:
+            if pools is not None:
+                with trio.CancelScope(shield=True):
+                    for pool in pools:
+                        await pool.aclose()
     if body_exc is not None:
         try:
             raise body_exc
