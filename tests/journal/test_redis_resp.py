@@ -23,7 +23,7 @@ from trio_llmstream.journal import (
     RunEnd,
     open_redis_journal,
 )
-from trio_llmstream.journal._redis import _Incomplete, _pack, _parse, _RespError
+from trio_llmstream.journal._resp import _Incomplete, _pack, _parse, _RespError
 from trio_llmstream.testing.strategies import chunk_sequences
 
 from .conftest import unique_prefix
