@@ -121,10 +121,19 @@ __all__ = ["LLMStream", "open_llm_stream"]
 
 logger = logging.getLogger("trio_llmstream")
 
-# Chunks that may wait for the consumer after the commit point, so the producer need not yield
-# per chunk (see _pipe.py). Small: with a thousand streams whose consumers lag, every buffered
-# chunk is memory; past 16 a hand-off per 17 chunks costs little.
-DEFAULT_BUFFER_SIZE = 16
+# What may wait for the consumer after the commit point, so the producer need not yield per
+# chunk (see _pipe.py): at most DEFAULT_BUFFER_SIZE chunks (``buffer_size``) and at most
+# DEFAULT_BUFFER_BYTES of them, estimated as _CHUNK_BYTES per chunk plus its text. The bytes
+# bind first for every ordinary chunk: 64 KiB is about one socket read's worth (an h11
+# receive buffer) of ~400-byte chunks, so a read's chunks reach the consumer in the one
+# hand-off that the producer's next socket read gives anyway, while a lagging consumer makes a
+# stream hold at most ~64 KiB more. The count was 16 before issue 16 (PROFILE.md cost 2: a
+# scheduling round per 17 chunks, which kept chunks alive across scheduler batches).
+DEFAULT_BUFFER_SIZE = 1024
+DEFAULT_BUFFER_BYTES = 64 * 1024
+# The memory of a parsed chunk besides its text: ChatChunk, Choice, ChoiceDelta, their lists
+# (measured ~360 bytes with tracemalloc for a one-token chat-completions chunk).
+_CHUNK_BYTES = 384
 
 # Chunks without visible output held back before an attempt commits (role, usage, finish...).
 # A real server sends a handful; thousands mean a broken server, answered with a typed error.
@@ -168,7 +177,8 @@ class _Accumulator:
     ``function_calls`` and ``StreamInterrupted.partial``."""
 
     __slots__ = (
-        "calls", "chunks", "finish", "items", "reasoning", "request_id", "text", "usage",
+        "calls", "chunks", "chars", "finish", "items", "reasoning", "request_id", "text",
+        "usage",
     )
 
     def __init__(self) -> None:
@@ -179,6 +189,9 @@ class _Accumulator:
         self.usage: CompletionUsage | None = None
         self.request_id: str | None = None
         self.chunks = 0  # delivered chunks (telemetry: time per output chunk)
+        # Characters of text, reasoning and tool arguments folded in: the emitter weighs
+        # what waits in the pipe by it (see DEFAULT_BUFFER_BYTES).
+        self.chars = 0
         # Provider items per choice (rare: thinking signatures and the like), made on demand.
         self.items: dict[int, list[ProviderItem]] | None = None
 
@@ -187,6 +200,7 @@ class _Accumulator:
         text, reasoning = self.text, self.reasoning
         new: list[FunctionCall] | None = None
         self.chunks += len(batch)
+        chars = self.chars
         for chunk in batch:
             if chunk.usage is not None:
                 self.usage = chunk.usage
@@ -199,21 +213,27 @@ class _Accumulator:
                     self.calls[index] = []
                     self.finish[index] = None
                 # Inline _Text appends (see _Text): join only the last run, never the whole.
-                if delta.content:
+                content = delta.content
+                if content:
+                    chars += len(content)
                     part = text[index]
                     run = part.run
-                    run.append(delta.content)
+                    run.append(content)
                     if len(run) >= _COMPACT_AT:
                         part.blocks.append("".join(run))
                         run.clear()
-                if delta.reasoning:
+                content = delta.reasoning
+                if content:
+                    chars += len(content)
                     part = reasoning[index]
                     run = part.run
-                    run.append(delta.reasoning)
+                    run.append(content)
                     if len(run) >= _COMPACT_AT:
                         part.blocks.append("".join(run))
                         run.clear()
                 if delta.tool_calls:
+                    for call in delta.tool_calls:
+                        chars += len(call.arguments)
                     self.calls[index].extend(delta.tool_calls)
                     if new is None:
                         new = []
@@ -224,6 +244,7 @@ class _Accumulator:
                     self.items.setdefault(index, []).extend(delta.provider_items)
                 if choice.finish_reason is not None:
                     self.finish[index] = choice.finish_reason
+        self.chars = chars
         if batch and self.request_id is None:
             self.request_id = batch[0].request_id
         return new
@@ -402,11 +423,14 @@ class _AttemptEmitter:
         self.last_chunk_at = now
         if self.committed:
             pipe = self._pipe
-            # Put and accounted for before any checkpoint: what is in the pipe reaches the
+            acc = self._stream._acc
+            chars = acc.chars
+            # Accounted for and put before any checkpoint: what is in the pipe reaches the
             # consumer (a closed pipe still hands over what is pending), so a cancellation
-            # in the backpressure wait below loses no bookkeeping.
-            pipe.put_nowait(chunks)
+            # in the backpressure wait below loses no bookkeeping. The weight toward the
+            # pipe's byte bound: a fixed estimate per chunk plus the characters it carried.
             self._accept(chunks)
+            pipe.put_nowait(chunks, _CHUNK_BYTES * len(chunks) + acc.chars - chars)
             if pipe.over_limit:
                 await self._wait_taken(None)
             return
@@ -595,7 +619,7 @@ class LLMStream(metaclass=NoPublicConstructor):
         )
         self._on_metrics = tuple(on_metrics)
         self._rng = rng
-        self._pipe = Pipe[ChatChunk](buffer_size)
+        self._pipe = Pipe[ChatChunk](buffer_size, DEFAULT_BUFFER_BYTES)
         self._buf: list[ChatChunk] = []
         self._pos = 0
         self._acc = _Accumulator()
