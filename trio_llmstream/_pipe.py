@@ -115,6 +115,21 @@ class Pipe(Generic[T]):
             trio.lowlevel.reschedule(task)
         return self._put
 
+    def offer(self, items: Sequence[T], nbytes: int) -> bool:
+        """:meth:`put_nowait` and then :attr:`over_limit`, in one call (the per-read path
+        after the commit point): True when the producer must now :meth:`wait_taken`."""
+        if self._closed:
+            raise trio.ClosedResourceError("the pipe is closed")
+        pending = self._items
+        pending += items
+        self._bytes += nbytes
+        self._put += len(items)
+        task = self._consumer
+        if task is not None:
+            self._consumer = None
+            trio.lowlevel.reschedule(task)
+        return len(pending) > self.limit or self._bytes > self.byte_limit
+
     def taken(self, position: int) -> bool:
         """Whether the consumer has taken every item before ``position`` (from ``put_nowait``).
 

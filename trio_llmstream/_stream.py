@@ -297,6 +297,7 @@ class _AttemptEmitter:
     """
 
     __slots__ = (
+        "_acc",
         "_handing_visible",
         "_held",
         "_idle",
@@ -338,6 +339,7 @@ class _AttemptEmitter:
         position: int = 0,
     ) -> None:
         self._stream = stream
+        self._acc = stream._acc
         self._pipe = pipe
         self._scope = scope
         self.number = number
@@ -422,16 +424,19 @@ class _AttemptEmitter:
             return
         self.last_chunk_at = now
         if self.committed:
-            pipe = self._pipe
-            acc = self._stream._acc
-            chars = acc.chars
             # Accounted for and put before any checkpoint: what is in the pipe reaches the
             # consumer (a closed pipe still hands over what is pending), so a cancellation
-            # in the backpressure wait below loses no bookkeeping. The weight toward the
-            # pipe's byte bound: a fixed estimate per chunk plus the characters it carried.
-            self._accept(chunks)
-            pipe.put_nowait(chunks, _CHUNK_BYTES * len(chunks) + acc.chars - chars)
-            if pipe.over_limit:
+            # in the backpressure wait below loses no bookkeeping. (``_accept`` inline: this
+            # runs once per read.) The weight toward the pipe's byte bound: a fixed estimate
+            # per chunk plus the characters it carried.
+            acc = self._acc
+            chars = acc.chars
+            calls = acc.add(chunks)
+            if acc.usage is not None:
+                self.usage = acc.usage
+            if calls is not None:
+                self._stream._on_calls_delivered(calls)
+            if self._pipe.offer(chunks, _CHUNK_BYTES * len(chunks) + acc.chars - chars):
                 await self._wait_taken(None)
             return
         if self.request_id is None:
@@ -501,7 +506,7 @@ class _AttemptEmitter:
         Never checkpoints and never raises on a well-formed batch: it runs in ``finally``
         blocks while a cancellation propagates.
         """
-        acc = self._stream._acc
+        acc = self._acc
         calls = acc.add(batch)
         if acc.usage is not None:
             self.usage = acc.usage
