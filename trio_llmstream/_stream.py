@@ -177,7 +177,7 @@ class _Accumulator:
     ``function_calls`` and ``StreamInterrupted.partial``."""
 
     __slots__ = (
-        "calls", "chunks", "chars", "finish", "items", "reasoning", "request_id", "text",
+        "calls", "chars", "chunks", "finish", "items", "reasoning", "request_id", "text",
         "usage",
     )
 
