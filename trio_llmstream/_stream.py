@@ -673,6 +673,12 @@ class LLMStream(metaclass=NoPublicConstructor):
         if pos < len(buf):
             self._pos = pos + 1
             return buf[pos]
+        if buf:
+            # Let the batch just iterated die now, not when the next one arrives: across a
+            # wait for the producer it would outlive a scheduler batch (with many streams,
+            # every stream's last batch at once: memory, and GC work on survivors).
+            self._buf = buf = []
+            self._pos = 0
         gate = self._gate
         if gate is not None and not gate.is_set():
             await gate.wait()  # held: nothing until adopt() or discard()
