@@ -36,9 +36,14 @@ Batching. A trio channel operation costs a scheduling round (about 3 µs), more 
 chunk, and servers flush one event per HTTP chunk. So attempts hand chunks over through a
 ``Pipe`` (see ``_pipe.py``): after the commit point the producer appends and goes on reading,
 the consumer takes everything pending at once and pops it from a local list, so there is about
-one hand-off per socket read, and at most ``buffer_size`` chunks wait (backpressure beyond).
-Before the commit point every hand-off waits until the consumer has taken it, which keeps the
-commit point exact.
+one hand-off per socket read. What may wait is bounded twice: at most ``buffer_size`` chunks
+(default 1,024) and at most ``DEFAULT_BUFFER_BYTES`` (64 KiB) by an estimate of the chunks'
+memory (``_CHUNK_BYTES`` per chunk plus its characters); past either bound the producer waits
+until the consumer has taken everything (backpressure). The bytes bind first for ordinary
+chunks, at about one socket read's worth, so a read's chunks reach the consumer in the one
+hand-off its next socket read gives anyway (a bound of 16 chunks made that a scheduling round
+per 17 chunks: issue 16). Before the commit point every hand-off waits until the consumer has
+taken it, which keeps the commit point exact.
 
 Timeouts. ``first_event``, ``idle`` and ``first_token`` are enforced here, not by providers,
 and they measure progress: a call of the emitter's ``send`` (one per read that completed a data
@@ -1389,9 +1394,14 @@ async def open_llm_stream(
     - ``on_metrics``: callbacks that get the stream's ``LLMMetrics`` exactly once, however
       it ends (besides the LLM's own listeners);
     - ``extra``: more fields for the request body, as the provider's wire format names them;
-    - ``buffer_size``: the chunks that may wait for the consumer *after* the commit point
-      (before it, every hand-off waits until the consumer has taken the chunks, so the
-      commit point is exact whatever the size); 0 makes every hand-off wait;
+    - ``buffer_size``: the most chunks that may wait for the consumer *after* the commit
+      point (default 1,024); besides, at most about 64 KiB of them by an estimate of their
+      memory may wait, which is the bound that applies first to ordinary chunks (about one
+      socket read's worth, so a read's chunks reach the consumer in one hand-off). Past
+      either bound the attempt waits until the consumer has taken what waits
+      (backpressure; no time limit runs meanwhile). Before the commit point every hand-off
+      waits until the consumer has taken the chunks, so the commit point is exact whatever
+      the size; 0 makes every hand-off wait;
     - ``rng``: drives the backoff jitter (for tests);
     - ``hedge`` and ``hold``: below.
 
