@@ -359,12 +359,12 @@ def record_batches(stream: runtime.LLMStream) -> list[int]:
 async def test_a_reads_chunks_reach_the_consumer_in_one_hand_off(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    # Issue 16, cost 2: with the 16-chunk bound a 100-chunk read reached the consumer in
-    # batches of 17, a scheduling round each. Now the read's chunks wait (about 40 KiB by the
-    # estimate, under the 64 KiB bound) and the consumer takes them all at the producer's
-    # next socket read.
+    # Issue 16, cost 2: with the 16-chunk bound a 36-chunk read reached the consumer in
+    # batches of 17, 17 and 2, a scheduling round each. Now the read's chunks wait (about
+    # 14 KiB by the estimate, under the 16 KiB bound) and the consumer takes them all at the
+    # producer's next socket read.
     first = [piece("go")]
-    reads = [first] + [[piece(f"w{r}.{i} ") for i in range(100)] for r in range(5)]
+    reads = [first] + [[piece(f"w{r}.{i} ") for i in range(36)] for r in range(5)]
     llm = Reads(reads)
     texts: list[str] = []
     async with open_llm_stream(llm, chat_ctx=ctx()) as stream:
@@ -373,13 +373,13 @@ async def test_a_reads_chunks_reach_the_consumer_in_one_hand_off(
             texts.append(chunk.text)
     assert stream.status is StreamStatus.COMPLETED
     assert texts == [c.text for read in reads for c in read]
-    assert sizes == [1, 100, 100, 100, 100, 100]
+    assert sizes == [1, 36, 36, 36, 36, 36]
 
 
 async def test_a_slow_consumer_meets_backpressure_at_the_byte_bound() -> None:
     # The consumer stops taking: the producer goes on without waiting only while what waits
-    # is within 64 KiB (by the estimate), then waits. Chunks of 1,000 characters weigh
-    # ~1.4 KiB each, so it blocks after ~47 chunks, far below the 1,024-chunk count.
+    # is within 16 KiB (by the estimate), then waits. Chunks of 1,000 characters weigh
+    # ~1.4 KiB each, so it blocks at the 12th, far below the 1,024-chunk count.
     text = "x" * 1000
     reads = [[piece("go")] + [piece(text) for _ in range(500)]]  # one read
     llm = Reads(reads)

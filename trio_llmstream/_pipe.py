@@ -28,7 +28,9 @@ round per 17 chunks: in lock-step with a thousand other streams that kept every 
 alive across scheduler batches (promoted out of the GC's young generation) and every stream's
 receive buffer full at once. A bound about one read's size lets a read's chunks reach the
 consumer in the one hand-off that the producer's next socket read (a checkpoint) gives anyway,
-and still bounds what a slow consumer can make the pipe hold.
+and still bounds what a slow consumer can make the pipe hold. (Not much more, though: parsed
+chunks weigh more than their bytes, and with many streams every stream's pending chunks wait
+a whole scheduler batch at once; the runtime's bound is in ``_stream.py``.)
 
 Whether the consumer took a batch is a fact the pipe records: every item has a position (the
 count of items put before it), ``put_nowait`` returns the position just past its items and

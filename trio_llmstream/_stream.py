@@ -37,12 +37,12 @@ chunk, and servers flush one event per HTTP chunk. So attempts hand chunks over 
 ``Pipe`` (see ``_pipe.py``): after the commit point the producer appends and goes on reading,
 the consumer takes everything pending at once and pops it from a local list, so there is about
 one hand-off per socket read. What may wait is bounded twice: at most ``buffer_size`` chunks
-(default 1,024) and at most ``DEFAULT_BUFFER_BYTES`` (64 KiB) by an estimate of the chunks'
+(default 1,024) and at most ``DEFAULT_BUFFER_BYTES`` (16 KiB) by an estimate of the chunks'
 memory (``_CHUNK_BYTES`` per chunk plus its characters); past either bound the producer waits
 until the consumer has taken everything (backpressure). The bytes bind first for ordinary
-chunks, at about one socket read's worth, so a read's chunks reach the consumer in the one
-hand-off its next socket read gives anyway (a bound of 16 chunks made that a scheduling round
-per 17 chunks: issue 16). Before the commit point every hand-off waits until the consumer has
+chunks, at ~40 one-token chunks, more than a real server's read holds, so a read's chunks
+reach the consumer in the one hand-off its next socket read gives anyway (a bound of 16
+chunks made that a scheduling round per 17 chunks: issue 16). Before the commit point every hand-off waits until the consumer has
 taken it, which keeps the commit point exact.
 
 Timeouts. ``first_event``, ``idle`` and ``first_token`` are enforced here, not by providers,
@@ -129,13 +129,15 @@ logger = logging.getLogger("trio_llmstream")
 # What may wait for the consumer after the commit point, so the producer need not yield per
 # chunk (see _pipe.py): at most DEFAULT_BUFFER_SIZE chunks (``buffer_size``) and at most
 # DEFAULT_BUFFER_BYTES of them, estimated as _CHUNK_BYTES per chunk plus its text. The bytes
-# bind first for every ordinary chunk: 64 KiB is about one socket read's worth (an h11
-# receive buffer) of ~400-byte chunks, so a read's chunks reach the consumer in the one
-# hand-off that the producer's next socket read gives anyway, while a lagging consumer makes a
-# stream hold at most ~64 KiB more. The count was 16 before issue 16 (PROFILE.md cost 2: a
-# scheduling round per 17 chunks, which kept chunks alive across scheduler batches).
+# bind first for every ordinary chunk: 16 KiB is ~40 one-token chunks, more than a real
+# server's read holds (it flushes per token), so such a read reaches the consumer in the one
+# hand-off that the producer's next socket read gives anyway. The count was 16 before issue 16
+# (PROFILE.md cost 2: a scheduling round per 17 chunks). Why not more: at 1,000 concurrent
+# streams a bound of 64 KiB measured the same CPU but 30% more RSS growth per stream (186 vs
+# 143 KiB: parsed chunks weigh more than their bytes and wait a scheduler batch) and twice the
+# GC collections; in memory (one stream, no network checkpoint) it saved ~0.25 µs/chunk.
 DEFAULT_BUFFER_SIZE = 1024
-DEFAULT_BUFFER_BYTES = 64 * 1024
+DEFAULT_BUFFER_BYTES = 16 * 1024
 # The memory of a parsed chunk besides its text: ChatChunk, Choice, ChoiceDelta, their lists
 # (measured ~360 bytes with tracemalloc for a one-token chat-completions chunk).
 _CHUNK_BYTES = 384
@@ -1395,9 +1397,10 @@ async def open_llm_stream(
       it ends (besides the LLM's own listeners);
     - ``extra``: more fields for the request body, as the provider's wire format names them;
     - ``buffer_size``: the most chunks that may wait for the consumer *after* the commit
-      point (default 1,024); besides, at most about 64 KiB of them by an estimate of their
-      memory may wait, which is the bound that applies first to ordinary chunks (about one
-      socket read's worth, so a read's chunks reach the consumer in one hand-off). Past
+      point (default 1,024); besides, at most about 16 KiB of them by an estimate of their
+      memory may wait, which is the bound that applies first to ordinary chunks (~40
+      one-token chunks, more than a server's read usually holds, so a read's chunks reach
+      the consumer in one hand-off). Past
       either bound the attempt waits until the consumer has taken what waits
       (backpressure; no time limit runs meanwhile). Before the commit point every hand-off
       waits until the consumer has taken the chunks, so the commit point is exact whatever
