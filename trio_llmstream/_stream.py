@@ -42,8 +42,8 @@ memory (``_CHUNK_BYTES`` per chunk plus its characters); past either bound the p
 until the consumer has taken everything (backpressure). The bytes bind first for ordinary
 chunks, at ~40 one-token chunks, more than a real server's read holds, so a read's chunks
 reach the consumer in the one hand-off its next socket read gives anyway (a bound of 16
-chunks made that a scheduling round per 17 chunks: issue 16). Before the commit point every hand-off waits until the consumer has
-taken it, which keeps the commit point exact.
+chunks made that a scheduling round per 17 chunks: issue 16). Before the commit point every
+hand-off waits until the consumer has taken it, which keeps the commit point exact.
 
 Timeouts. ``first_event``, ``idle`` and ``first_token`` are enforced here, not by providers,
 and they measure progress: a call of the emitter's ``send`` (one per read that completed a data
