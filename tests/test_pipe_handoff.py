@@ -6,7 +6,9 @@ whatever cancellation lands around a wait.
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 from collections.abc import Sequence
 
 import pytest
@@ -450,3 +452,44 @@ def test_any_chunk_sizes_deliver_everything_in_order_within_the_bounds(
         )
         if fits:
             assert sizes == [1] + [len(read) for read in lengths]
+
+
+async def test_the_consumer_lets_an_iterated_batch_die_before_waiting_for_the_next() -> None:
+    # Issue 16, cost 1: the consumer kept its last batch until the next one arrived, so with
+    # many streams every stream's last batch outlived a scheduler batch (and a GC generation).
+    # Now, once iterated, a batch is dropped before the consumer waits.
+    refs: list[weakref.ref[ChatChunk]] = []
+    go_on = trio.Event()
+
+    class Fresh(LLM):
+        async def run_attempt(
+            self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
+        ) -> None:
+            await emit.send([piece("first ")])
+            batch = [piece(f"w{i} ") for i in range(5)]
+            refs.extend(weakref.ref(c) for c in batch)
+            await emit.send(batch)
+            del batch
+            await go_on.wait()
+            await emit.send([piece("last")])
+
+    texts: list[str] = []
+    async with open_llm_stream(Fresh(label="fresh"), chat_ctx=ctx()) as stream:
+        it = stream.__aiter__()
+        texts.append((await it.__anext__()).text)
+        for _ in range(5):
+            texts.append((await it.__anext__()).text)
+        # The consumer has iterated the batch and now waits for the next one.
+        async with trio.open_nursery() as nursery:
+
+            async def next_one() -> None:
+                texts.append((await it.__anext__()).text)
+
+            nursery.start_soon(next_one)
+            await trio.testing.wait_all_tasks_blocked()
+            gc.collect()
+            # Only the chunk the consumer itself still holds as its last result could live:
+            # here none, since the loop above kept nothing.
+            assert [r() for r in refs] == [None] * 5
+            go_on.set()
+    assert texts == ["first ", "w0 ", "w1 ", "w2 ", "w3 ", "w4 ", "last"]
