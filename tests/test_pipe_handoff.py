@@ -493,3 +493,38 @@ async def test_the_consumer_lets_an_iterated_batch_die_before_waiting_for_the_ne
             assert [r() for r in refs] == [None] * 5
             go_on.set()
     assert texts == ["first ", "w0 ", "w1 ", "w2 ", "w3 ", "w4 ", "last"]
+
+
+async def test_two_tasks_waiting_on_one_stream_is_a_usage_error() -> None:
+    # The pipe's consumer slot holds one task: a second concurrent iteration fails loudly
+    # (trio's BusyResourceError), never a wake-up lost by the first.
+    go_on = trio.Event()
+
+    class Later(LLM):
+        async def run_attempt(
+            self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
+        ) -> None:
+            await emit.send([piece("first ")])
+            await go_on.wait()
+            await emit.send([piece("second")])
+
+    got: list[str] = []
+    errors: list[BaseException] = []
+    async with open_llm_stream(Later(label="later"), chat_ctx=ctx()) as stream:
+        it = stream.__aiter__()
+        got.append((await it.__anext__()).text)
+
+        async def reader() -> None:
+            try:
+                got.append((await it.__anext__()).text)
+            except trio.BusyResourceError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(errors) == 1
+            go_on.set()
+    assert got == ["first ", "second"]

@@ -673,6 +673,8 @@ class LLMStream(metaclass=NoPublicConstructor):
     async def __anext__(self) -> ChatChunk:
         """The next chunk. Raises the stream's error once, after the chunks before it.
 
+        One task iterates a stream at a time: a second task calling this while another waits
+        in it gets ``trio.BusyResourceError`` (trio's error for concurrent use of a stream).
         Cancellation: cancelling a waiting ``__anext__`` loses nothing; the next call resumes.
         """
         pos = self._pos
