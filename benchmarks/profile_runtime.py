@@ -2,8 +2,10 @@
 memory go. Not a benchmark of record (bench_e2e.py is); each command isolates one cost.
 
     .venv/bin/python benchmarks/profile_runtime.py memory [--chunks 10000] [--repeat 5]
-        in memory, one event per piece: ours at buffer_size 16 (default) / 1024 / 0, our parser
-        alone, the floor; each with GC on and off; GC collections and time per 10,000 chunks
+        in memory, one event per piece: ours with the default bounds (1,024 chunks and 64 KiB),
+        at buffer_size 16 (the count bound alone before issue 16) and 0, our parser alone, the
+        floor; each with GC on and off; GC collections and time per 10,000 chunks, and task
+        steps per 1,000 chunks (the hand-offs: two steps each)
     .venv/bin/python benchmarks/profile_runtime.py accumulator [--alone]
         _Accumulator.add alone, µs/chunk at 1k / 10k / 50k / 200k chunks (and with compaction
         off), and (without --alone) ours end to end in memory at 1k / 10k / 50k against the floor
@@ -63,6 +65,7 @@ class GCMeter:
     def __init__(self) -> None:
         self.count = [0, 0, 0]
         self.seconds = 0.0
+        self.steps = 0  # task steps of the measured run (time_memory)
         self._t0 = 0.0
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
@@ -99,8 +102,11 @@ async def ours_buffer(llm: OpenAILLM, n: int, buffer_size: int) -> str:
     return "".join(parts)
 
 
-def time_memory(kind: str, n: int, gc_on: bool, buffer_size: int = 16) -> tuple[float, GCMeter]:
-    """One trio.run: warm-up stream, then one timed n-event stream; µs/chunk (CPU)."""
+def time_memory(
+    kind: str, n: int, gc_on: bool, buffer_size: int = runtime.DEFAULT_BUFFER_SIZE
+) -> tuple[float, GCMeter]:
+    """One trio.run: warm-up stream, then one timed n-event stream; µs/chunk (CPU). The
+    meter also counts the timed stream's task steps (``meter.steps``)."""
     meter = GCMeter()
 
     async def main() -> float:
@@ -117,10 +123,14 @@ def time_memory(kind: str, n: int, gc_on: bool, buffer_size: int = 16) -> tuple[
         if not gc_on:
             gc.disable()
         try:
+            steps = StepCounter()
+            trio.lowlevel.add_instrument(steps)
             with meter:
                 c0 = time.process_time()
                 text = await run(n)
                 cpu = time.process_time() - c0
+            trio.lowlevel.remove_instrument(steps)
+            meter.steps = steps.steps
         finally:
             gc.enable()
         e2e.check(n, text, kind)
@@ -134,7 +144,9 @@ def cmd_memory(args: argparse.Namespace) -> None:
     n = args.chunks
     e2e.events(e2e.N_WARM)
     e2e.events(n)
-    variants = [("floor", 16), ("parser", 16), ("ours", 16), ("ours", 1024), ("ours", 0)]
+    default = runtime.DEFAULT_BUFFER_SIZE
+    variants = [("floor", default), ("parser", default), ("ours", default), ("ours", 16),
+                ("ours", 0)]  # fmt: skip
     best: dict[tuple[str, int, bool], float] = {}
     meters: dict[tuple[str, int, bool], GCMeter] = {}
     for _ in range(args.repeat):
@@ -144,17 +156,20 @@ def cmd_memory(args: argparse.Namespace) -> None:
                 key = (kind, size, gc_on)
                 if us < best.get(key, float("inf")):
                     best[key], meters[key] = us, meter
-    floor = best[("floor", 16, True)]
+    floor = best[("floor", default, True)]
     print(f"in memory, one event per piece, {n:,} events, best of {args.repeat}, CPU µs/chunk")
     print(f"  {'variant':<28} {'GC on':>7} {'GC off':>7} {'x floor':>8} {'GC share':>9} "
-          f"{'gen0/1/2 collections':>21} {'GC ms':>6} {'tracked/chunk':>14}")  # fmt: skip
+          f"{'gen0/1/2 collections':>21} {'GC ms':>6} {'tracked/chunk':>14} "
+          f"{'steps/1k chunks':>16}")  # fmt: skip
     for kind, size in variants:
         on, off = best[(kind, size, True)], best[(kind, size, False)]
         m = meters[(kind, size, True)]
-        name = kind if kind != "ours" else f"ours, buffer_size={size}"
+        name = kind if kind != "ours" else f"ours, buffer_size={size}" + (
+            " (default)" if size == default else ""
+        )
         print(f"  {name:<28} {on:>7.2f} {off:>7.2f} {on / floor:>7.2f}x {1 - off / on:>8.0%} "
               f"{'/'.join(map(str, m.count)):>21} {m.seconds * 1e3:>6.1f} "
-              f"{m.tracked_per_chunk(n):>14.2f}")  # fmt: skip
+              f"{m.tracked_per_chunk(n):>14.2f} {m.steps * 1000 / n:>16.1f}")  # fmt: skip
 
 
 # -- the accumulator -----------------------------------------------------------------------------

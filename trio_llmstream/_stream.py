@@ -36,9 +36,14 @@ Batching. A trio channel operation costs a scheduling round (about 3 µs), more 
 chunk, and servers flush one event per HTTP chunk. So attempts hand chunks over through a
 ``Pipe`` (see ``_pipe.py``): after the commit point the producer appends and goes on reading,
 the consumer takes everything pending at once and pops it from a local list, so there is about
-one hand-off per socket read, and at most ``buffer_size`` chunks wait (backpressure beyond).
-Before the commit point every hand-off waits until the consumer has taken it, which keeps the
-commit point exact.
+one hand-off per socket read. What may wait is bounded twice: at most ``buffer_size`` chunks
+(default 1,024) and at most ``DEFAULT_BUFFER_BYTES`` (16 KiB) by an estimate of the chunks'
+memory (``_CHUNK_BYTES`` per chunk plus its characters); past either bound the producer waits
+until the consumer has taken everything (backpressure). The bytes bind first for ordinary
+chunks, at ~40 one-token chunks, more than a real server's read holds, so a read's chunks
+reach the consumer in the one hand-off its next socket read gives anyway (a bound of 16
+chunks made that a scheduling round per 17 chunks: issue 16). Before the commit point every
+hand-off waits until the consumer has taken it, which keeps the commit point exact.
 
 Timeouts. ``first_event``, ``idle`` and ``first_token`` are enforced here, not by providers,
 and they measure progress: a call of the emitter's ``send`` (one per read that completed a data
@@ -121,10 +126,21 @@ __all__ = ["LLMStream", "open_llm_stream"]
 
 logger = logging.getLogger("trio_llmstream")
 
-# Chunks that may wait for the consumer after the commit point, so the producer need not yield
-# per chunk (see _pipe.py). Small: with a thousand streams whose consumers lag, every buffered
-# chunk is memory; past 16 a hand-off per 17 chunks costs little.
-DEFAULT_BUFFER_SIZE = 16
+# What may wait for the consumer after the commit point, so the producer need not yield per
+# chunk (see _pipe.py): at most DEFAULT_BUFFER_SIZE chunks (``buffer_size``) and at most
+# DEFAULT_BUFFER_BYTES of them, estimated as _CHUNK_BYTES per chunk plus its text. The bytes
+# bind first for every ordinary chunk: 16 KiB is ~40 one-token chunks, more than a real
+# server's read holds (it flushes per token), so such a read reaches the consumer in the one
+# hand-off that the producer's next socket read gives anyway. The count was 16 before issue 16
+# (PROFILE.md cost 2: a scheduling round per 17 chunks). Why not more: at 1,000 concurrent
+# streams a bound of 64 KiB measured the same CPU but 30% more RSS growth per stream (186 vs
+# 143 KiB: parsed chunks weigh more than their bytes and wait a scheduler batch) and twice the
+# GC collections; in memory (one stream, no network checkpoint) it saved ~0.25 µs/chunk.
+DEFAULT_BUFFER_SIZE = 1024
+DEFAULT_BUFFER_BYTES = 16 * 1024
+# The memory of a parsed chunk besides its text: ChatChunk, Choice, ChoiceDelta, their lists
+# (measured ~360 bytes with tracemalloc for a one-token chat-completions chunk).
+_CHUNK_BYTES = 384
 
 # Chunks without visible output held back before an attempt commits (role, usage, finish...).
 # A real server sends a handful; thousands mean a broken server, answered with a typed error.
@@ -168,7 +184,8 @@ class _Accumulator:
     ``function_calls`` and ``StreamInterrupted.partial``."""
 
     __slots__ = (
-        "calls", "chunks", "finish", "items", "reasoning", "request_id", "text", "usage",
+        "calls", "chars", "chunks", "finish", "items", "reasoning", "request_id", "text",
+        "usage",
     )
 
     def __init__(self) -> None:
@@ -179,6 +196,9 @@ class _Accumulator:
         self.usage: CompletionUsage | None = None
         self.request_id: str | None = None
         self.chunks = 0  # delivered chunks (telemetry: time per output chunk)
+        # Characters of text, reasoning and tool arguments folded in: the emitter weighs
+        # what waits in the pipe by it (see DEFAULT_BUFFER_BYTES).
+        self.chars = 0
         # Provider items per choice (rare: thinking signatures and the like), made on demand.
         self.items: dict[int, list[ProviderItem]] | None = None
 
@@ -187,6 +207,7 @@ class _Accumulator:
         text, reasoning = self.text, self.reasoning
         new: list[FunctionCall] | None = None
         self.chunks += len(batch)
+        chars = self.chars
         for chunk in batch:
             if chunk.usage is not None:
                 self.usage = chunk.usage
@@ -199,21 +220,27 @@ class _Accumulator:
                     self.calls[index] = []
                     self.finish[index] = None
                 # Inline _Text appends (see _Text): join only the last run, never the whole.
-                if delta.content:
+                content = delta.content
+                if content:
+                    chars += len(content)
                     part = text[index]
                     run = part.run
-                    run.append(delta.content)
+                    run.append(content)
                     if len(run) >= _COMPACT_AT:
                         part.blocks.append("".join(run))
                         run.clear()
-                if delta.reasoning:
+                content = delta.reasoning
+                if content:
+                    chars += len(content)
                     part = reasoning[index]
                     run = part.run
-                    run.append(delta.reasoning)
+                    run.append(content)
                     if len(run) >= _COMPACT_AT:
                         part.blocks.append("".join(run))
                         run.clear()
                 if delta.tool_calls:
+                    for call in delta.tool_calls:
+                        chars += len(call.arguments)
                     self.calls[index].extend(delta.tool_calls)
                     if new is None:
                         new = []
@@ -224,6 +251,7 @@ class _Accumulator:
                     self.items.setdefault(index, []).extend(delta.provider_items)
                 if choice.finish_reason is not None:
                     self.finish[index] = choice.finish_reason
+        self.chars = chars
         if batch and self.request_id is None:
             self.request_id = batch[0].request_id
         return new
@@ -276,6 +304,7 @@ class _AttemptEmitter:
     """
 
     __slots__ = (
+        "_acc",
         "_handing_visible",
         "_held",
         "_idle",
@@ -317,6 +346,7 @@ class _AttemptEmitter:
         position: int = 0,
     ) -> None:
         self._stream = stream
+        self._acc = stream._acc
         self._pipe = pipe
         self._scope = scope
         self.number = number
@@ -401,13 +431,19 @@ class _AttemptEmitter:
             return
         self.last_chunk_at = now
         if self.committed:
-            pipe = self._pipe
-            # Put and accounted for before any checkpoint: what is in the pipe reaches the
+            # Accounted for and put before any checkpoint: what is in the pipe reaches the
             # consumer (a closed pipe still hands over what is pending), so a cancellation
-            # in the backpressure wait below loses no bookkeeping.
-            pipe.put_nowait(chunks)
-            self._accept(chunks)
-            if pipe.over_limit:
+            # in the backpressure wait below loses no bookkeeping. (``_accept`` inline: this
+            # runs once per read.) The weight toward the pipe's byte bound: a fixed estimate
+            # per chunk plus the characters it carried.
+            acc = self._acc
+            chars = acc.chars
+            calls = acc.add(chunks)
+            if acc.usage is not None:
+                self.usage = acc.usage
+            if calls is not None:
+                self._stream._on_calls_delivered(calls)
+            if self._pipe.offer(chunks, _CHUNK_BYTES * len(chunks) + acc.chars - chars):
                 await self._wait_taken(None)
             return
         if self.request_id is None:
@@ -477,7 +513,7 @@ class _AttemptEmitter:
         Never checkpoints and never raises on a well-formed batch: it runs in ``finally``
         blocks while a cancellation propagates.
         """
-        acc = self._stream._acc
+        acc = self._acc
         calls = acc.add(batch)
         if acc.usage is not None:
             self.usage = acc.usage
@@ -595,7 +631,7 @@ class LLMStream(metaclass=NoPublicConstructor):
         )
         self._on_metrics = tuple(on_metrics)
         self._rng = rng
-        self._pipe = Pipe[ChatChunk](buffer_size)
+        self._pipe = Pipe[ChatChunk](buffer_size, DEFAULT_BUFFER_BYTES)
         self._buf: list[ChatChunk] = []
         self._pos = 0
         self._acc = _Accumulator()
@@ -637,6 +673,8 @@ class LLMStream(metaclass=NoPublicConstructor):
     async def __anext__(self) -> ChatChunk:
         """The next chunk. Raises the stream's error once, after the chunks before it.
 
+        One task iterates a stream at a time: a second task calling this while another waits
+        in it gets ``trio.BusyResourceError`` (trio's error for concurrent use of a stream).
         Cancellation: cancelling a waiting ``__anext__`` loses nothing; the next call resumes.
         """
         pos = self._pos
@@ -644,6 +682,12 @@ class LLMStream(metaclass=NoPublicConstructor):
         if pos < len(buf):
             self._pos = pos + 1
             return buf[pos]
+        if buf:
+            # Let the batch just iterated die now, not when the next one arrives: across a
+            # wait for the producer it would outlive a scheduler batch (with many streams,
+            # every stream's last batch at once: memory, and GC work on survivors).
+            self._buf = buf = []
+            self._pos = 0
         gate = self._gate
         if gate is not None and not gate.is_set():
             await gate.wait()  # held: nothing until adopt() or discard()
@@ -1354,9 +1398,15 @@ async def open_llm_stream(
     - ``on_metrics``: callbacks that get the stream's ``LLMMetrics`` exactly once, however
       it ends (besides the LLM's own listeners);
     - ``extra``: more fields for the request body, as the provider's wire format names them;
-    - ``buffer_size``: the chunks that may wait for the consumer *after* the commit point
-      (before it, every hand-off waits until the consumer has taken the chunks, so the
-      commit point is exact whatever the size); 0 makes every hand-off wait;
+    - ``buffer_size``: the most chunks that may wait for the consumer *after* the commit
+      point (default 1,024); besides, at most about 16 KiB of them by an estimate of their
+      memory may wait, which is the bound that applies first to ordinary chunks (~40
+      one-token chunks, more than a server's read usually holds, so a read's chunks reach
+      the consumer in one hand-off). Past
+      either bound the attempt waits until the consumer has taken what waits
+      (backpressure; no time limit runs meanwhile). Before the commit point every hand-off
+      waits until the consumer has taken the chunks, so the commit point is exact whatever
+      the size; 0 makes every hand-off wait;
     - ``rng``: drives the backoff jitter (for tests);
     - ``hedge`` and ``hold``: below.
 
