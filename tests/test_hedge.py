@@ -314,3 +314,26 @@ async def test_a_consumer_leaving_keeps_the_generation_rate(
                     break
         assert stream.metrics.status is StreamStatus.CANCELLED
         assert stream.metrics.tokens_per_second == pytest.approx(4 / 0.3)
+
+
+def test_a_bug_in_one_attempt_is_not_hidden_by_an_empty_response() -> None:
+    # Found by test_hedged_streams_agree_with_model: the hedge finished empty at 0.003 s and
+    # waited; the first attempt then raised a bug, and (depending on the scheduler's order)
+    # the empty response won by default and completed the stream, or was delivered and then
+    # followed by the bug. Without a hedge a bug ends the stream with nothing delivered; with
+    # one it must too, in every order.
+    endings: set[tuple[str, int]] = set()
+    for seed in range(40):
+        seed_scheduler(seed)
+
+        async def main() -> None:
+            a = ScriptedAttempt(text_chunks([], request_id="A"), Fault(FaultKind.BUG, 0),
+                                delay=0.01)
+            b = ScriptedAttempt(text_chunks([], request_id="B"), batch_size=10)
+            llm = ScriptedLLM([a, b], by="call")
+            received, error, metrics, _ = await run(llm, Hedge(after=0.003), max_retry=1)
+            endings.add((repr(error), len(received)))
+            assert metrics.status is StreamStatus.FAILED
+
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert endings == {("RuntimeError('scripted provider bug')", 0)}

@@ -23,7 +23,9 @@ again before the commit:
   frame fails its own attempt only. An attempt that *finishes* without any visible output (an
   empty response) cannot win while another attempt may still produce some: it waits until
   every other live attempt has ended or also finished empty, and then the earliest such
-  attempt (by number) wins and delivers its held chunks.
+  attempt (by number) wins and delivers its held chunks. An attempt that ends with a *bug*
+  (an exception that is not an ``APIError``) ends the stream with it, as it would without a
+  hedge: from then on no empty response wins, so a waiting one cannot hide the bug.
 
 All of it runs in one trio thread: every state change is synchronous, so "the consumer took
 the batch" and "cancel the others" happen in the same step, before any other attempt runs.
@@ -58,19 +60,24 @@ class Arbiter:
     and the parking lot exists only once some attempt has had to wait.
     """
 
-    __slots__ = ("_holder", "_live", "_lot", "winner")
+    __slots__ = ("_holder", "_live", "_lot", "_stopped", "winner")
 
     def __init__(self) -> None:
         self._holder: Contender | None = None
         self._live: list[Contender] = []
         self._lot: trio.lowlevel.ParkingLot | None = None
         self.winner: Contender | None = None
+        # An attempt failed with a bug: the stream ends with it, nothing wins by default.
+        self._stopped = False
 
     def enter(self, contender: Contender) -> None:
         self._live.append(contender)
 
-    def leave(self, contender: Contender) -> None:
-        """``contender``'s attempt is over: attempts that finished empty may now win."""
+    def leave(self, contender: Contender, *, bug: bool = False) -> None:
+        """``contender``'s attempt is over: attempts that finished empty may now win, unless
+        it ended with a ``bug`` (not an ``APIError``), which ends the stream."""
+        if bug:
+            self._stopped = True
         if contender in self._live:
             self._live.remove(contender)
         if self.winner is contender and not (contender.committed or contender.finished):
@@ -148,6 +155,8 @@ class Arbiter:
         self.commit(contender)
 
     def _may_win_empty(self, contender: Contender) -> bool:
+        if self._stopped:
+            return False
         if self.winner is not None:
             return self.winner is contender
         others = [c for c in self._live if c is not contender]

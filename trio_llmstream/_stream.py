@@ -1040,7 +1040,11 @@ class LLMStream(metaclass=NoPublicConstructor):
                     error = exc
         finally:
             emitter.ended_at = trio.current_time()
-            self._arbiter.leave(emitter)
+            # A bug ends the stream (decide_next never retries one): no attempt that finished
+            # empty may win in its place meanwhile (_arbiter.py, "What cannot win").
+            self._arbiter.leave(
+                emitter, bug=error is not None and not isinstance(error, APIError)
+            )
         if scope.cancelled_caught and error is None and not emitter.finished:
             if emitter.lost:
                 return _Outcome(emitter, None, lost=True)
