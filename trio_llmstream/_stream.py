@@ -506,6 +506,13 @@ class _AttemptEmitter:
         finally:
             self._paused = False
             self.last_send_at = self._now()
+        # The consumer may have taken the chunks in the very scheduler batch in which the
+        # attempt was cancelled (the consumer left, a limit fired): the wait then ends without
+        # Cancelled. Raise it here, after the delivery's bookkeeping (the callers' ``finally``),
+        # so that the provider stops before its next read. This is the only place a send can
+        # be woken without a cancellation check, so providers need no check of their own
+        # between reads (a trio socket read checks on its own).
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     def _accept(self, batch: Sequence[ChatChunk]) -> None:
         """``batch`` is delivered: fold it into the response (and this attempt's usage).

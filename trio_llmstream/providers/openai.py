@@ -507,10 +507,10 @@ async def pump_body(
     every provider shares, whatever its protocol's parser.
 
     One ``send`` per read (window) that completed a data event, never for keep-alives or
-    partial lines; at most ``MAX_QUIET_BYTES`` of body without one; a cancellation check
-    between reads; the parser's error (with the response's request id) raised after the
-    chunks before it; a short drain after the terminal event so the connection can be reused.
-    Cancellation: stops at the next read or send; the caller closes the response.
+    partial lines; at most ``MAX_QUIET_BYTES`` of body without one; the parser's error (with
+    the response's request id) raised after the chunks before it; a short drain after the
+    terminal event so the connection can be reused. Cancellation: stops in the read or the
+    send it lands in, before any further read; the caller closes the response.
     """
     quiet = 0  # body bytes since the last complete data event
     identity = decode is _identity_windows
@@ -537,10 +537,10 @@ async def pump_body(
                 )
         if parser.finished:
             break
-        # After the commit point emit.send hands chunks over without a checkpoint, and an
-        # in-process transport's reads may not have one either: a cancelled attempt (the
-        # consumer left, a time limit fired) must stop here, before its next read.
-        await trio.lowlevel.checkpoint_if_cancelled()
+        # No cancellation check here: a cancelled attempt stops before its next read all the
+        # same. It can only be cancelled while suspended, in the transport (a trio socket read
+        # checks first) or in ``emit.send``, which raises Cancelled after a wait for the
+        # consumer that a cancellation met (see ``_AttemptEmitter._wait_taken``).
     else:
         progress = parser.progress
         chunks = parser.end()
