@@ -2,7 +2,7 @@
 memory go. Not a benchmark of record (bench_e2e.py is); each command isolates one cost.
 
     .venv/bin/python benchmarks/profile_runtime.py memory [--chunks 10000] [--repeat 5]
-        in memory, one event per piece: ours with the default bounds (1,024 chunks and 64 KiB),
+        in memory, one event per piece: ours with the default bounds (1,024 chunks and 16 KiB),
         at buffer_size 16 (the count bound alone before issue 16) and 0, our parser alone, the
         floor; each with GC on and off; GC collections and time per 10,000 chunks, and task
         steps per 1,000 chunks (the hand-offs: two steps each)
