@@ -1413,11 +1413,10 @@ async def open_llm_stream(
       point (default 1,024); besides, at most about 16 KiB of them by an estimate of their
       memory may wait, which is the bound that applies first to ordinary chunks (~40
       one-token chunks, more than a server's read usually holds, so a read's chunks reach
-      the consumer in one hand-off). Past
-      either bound the attempt waits until the consumer has taken what waits
-      (backpressure; no time limit runs meanwhile). Before the commit point every hand-off
-      waits until the consumer has taken the chunks, so the commit point is exact whatever
-      the size; 0 makes every hand-off wait;
+      the consumer in one hand-off). Past either bound the attempt waits until the consumer
+      has taken what waits (backpressure; no time limit runs meanwhile). Before the commit
+      point every hand-off waits until the consumer has taken the chunks, so the commit
+      point is exact whatever the size; 0 makes every hand-off wait;
     - ``rng``: drives the backoff jitter (for tests);
     - ``hedge`` and ``hold``: below.
 
