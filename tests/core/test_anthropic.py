@@ -607,6 +607,8 @@ _BLOCKS = st.sampled_from(
         b"data: \xc2\xa0\n\n",
         b"data:  \t \n\n",
         b"event: error\ndata: \n\n",
+        # Judged on its text (invalid UTF-8), under the text delta's head: any event.
+        b'event: content_block_delta\ndata: {"type":"message_start","message":{"id":"m\xff"}}\n\n',
     ]
 )
 
@@ -639,6 +641,29 @@ def test_shortcut_agrees_with_the_shared_parser(
     assert type(fast.error) is type(shared.error)
     assert str(fast.error) == str(shared.error)
     assert fast.usage == shared.usage
+
+
+def test_an_event_judged_on_its_text_sets_the_request_id_of_the_deltas_after_it() -> None:
+    # Data under the text delta's head that holds invalid UTF-8 is judged on its text (the
+    # bytes replaced), and may be any event: here the message_start. The text deltas after it
+    # in the same read carry its id, as with the shared parser (the shortcut once kept the id
+    # it had before the read for them).
+    start = (
+        b"event: content_block_delta\n"
+        b'data: {"type":"message_start","message":{"id":"msg_\xff1"}}\n\n'
+    )
+    delta = (
+        b"event: content_block_delta\n"
+        b'data: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"hi"}}\n\n'
+    )
+    stop = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    body = start + delta + delta + stop
+    fast = run(body)  # one read
+    assert fast == run(body, shared=True)
+    assert fast.error is None
+    assert [c.request_id for c in fast.chunks] == ["msg_\ufffd1"] * 4
+    assert fast.text == "hihi"
 
 
 def test_large_reads_are_windowed() -> None:

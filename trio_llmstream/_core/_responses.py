@@ -328,50 +328,64 @@ class ResponsesAssembler:
         decode = _decode_event
         append = out.append
         text_delta = _TEXT_DELTA
-        for name, data in zip(names, datas, strict=False):  # names may be repeat()
-            try:
-                wire = decode(data)
-            except _JSON_ERRORS:
-                wire = None
-            if wire is not None and wire.type == text_delta:
-                seq = wire.sequence_number
+        # The state the fast path reads, in locals (reloaded after the assembler's own path
+        # ran; the sequence number written back before it runs and when the batch ends).
+        last = self._seq
+        item = self._last_item
+        index = self._last_index
+        rid = self._rid
+        try:
+            for name, data in zip(names, datas, strict=False):  # names may be repeat()
+                try:
+                    wire = decode(data)
+                except _JSON_ERRORS:
+                    pass
+                else:
+                    if wire.type == text_delta:
+                        seq = wire.sequence_number
+                        if (
+                            (seq is None or last is None or seq > last)
+                            and wire.item_id == item
+                            and wire.content_index == index
+                        ):
+                            if seq is not None:
+                                last = seq
+                            delta = wire.delta
+                            if delta:
+                                # _text, inlined.
+                                d = FillDelta()
+                                d.role = None
+                                d.content = delta
+                                d.tool_calls = NO_CALLS
+                                d.reasoning = None
+                                d.provider_items = ()
+                                d.__class__ = ChoiceDelta
+                                c = FillChoice()
+                                c.delta = d
+                                c.index = 0
+                                c.finish_reason = None
+                                c.native_finish_reason = None
+                                c.__class__ = Choice
+                                k = FillChunk()
+                                k.request_id = rid
+                                k.choices = [c]
+                                k.usage = None
+                                k.__class__ = ChatChunk
+                                append(k)
+                            continue
+                self._seq = last
+                try:
+                    self._event(name.decode("utf-8", "replace") or "message", data, out)
+                except APIError as exc:
+                    self.fail(exc)
                 last = self._seq
-                if (
-                    (seq is None or last is None or seq > last)
-                    and wire.item_id == self._last_item
-                    and wire.content_index == self._last_index
-                ):
-                    if seq is not None:
-                        self._seq = seq
-                    delta = wire.delta
-                    if delta:
-                        # _text, inlined.
-                        d = FillDelta()
-                        d.role = None
-                        d.content = delta
-                        d.tool_calls = NO_CALLS
-                        d.reasoning = None
-                        d.provider_items = ()
-                        d.__class__ = ChoiceDelta
-                        c = FillChoice()
-                        c.delta = d
-                        c.index = 0
-                        c.finish_reason = None
-                        c.native_finish_reason = None
-                        c.__class__ = Choice
-                        k = FillChunk()
-                        k.request_id = self._rid
-                        k.choices = [c]
-                        k.usage = None
-                        k.__class__ = ChatChunk
-                        append(k)
-                    continue
-            try:
-                self._event(name.decode("utf-8", "replace") or "message", data, out)
-            except APIError as exc:
-                self.fail(exc)
-            if self.finished:
-                return
+                if self.finished:
+                    return
+                item = self._last_item
+                index = self._last_index
+                rid = self._rid
+        finally:
+            self._seq = last
 
     def _event(self, name: str, data: str | bytes, out: list[ChatChunk]) -> None:
         try:
