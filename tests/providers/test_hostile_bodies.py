@@ -38,7 +38,7 @@ from trio_llmstream import (
 )
 from trio_llmstream._llm import AttemptInfo
 from trio_llmstream._models import ChatMessage, ChatRequest
-from trio_llmstream.providers.openai import MAX_QUIET_BYTES
+from trio_llmstream.providers._http import MAX_QUIET_BYTES
 
 from .hostile_server import Request, Send, body, respond, serve, start
 

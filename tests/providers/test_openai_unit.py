@@ -31,7 +31,7 @@ from trio_llmstream import (
     ToolSpec,
     open_llm_stream,
 )
-from trio_llmstream.providers.openai import HTTPX_ERRORS, parse_retry_after, translate_httpx_error
+from trio_llmstream.providers._http import HTTPX_ERRORS, parse_retry_after, translate_httpx_error
 
 SECRET = "sk-test-SECRET-do-not-leak"
 

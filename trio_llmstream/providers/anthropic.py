@@ -2,8 +2,8 @@
 
 One attempt is one ``POST {base_url}/v1/messages`` with ``stream: true``, the key in
 ``x-api-key`` and ``anthropic-version: 2023-06-01``. The body is read exactly as
-:mod:`trio_llmstream.providers.openai` reads one (whose pieces this module reuses: the one
-httpx boundary :func:`~trio_llmstream.providers.openai.translate_httpx_error`, identity
+:mod:`trio_llmstream.providers._http` reads one (whose pieces this module reuses: the one
+httpx boundary :func:`~trio_llmstream.providers._http.translate_httpx_error`, identity
 encoding with bounded inflation, read windows, the quiet-bytes bound, closing without reading
 on, the headers limit, the redaction boundary), and fed to an
 :class:`~trio_llmstream._core._anthropic.AnthropicParser` (the shared event-stream parser over
@@ -52,8 +52,7 @@ from .._exceptions import (
 )
 from .._llm import LLM, AttemptInfo, ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
-from ._redact import Redactor
-from .openai import (
+from ._http import (
     EVENT_STREAM_TYPES,
     _body_decoder,
     _error_message,
@@ -65,6 +64,7 @@ from .openai import (
     pump_body,
     read_error_body,
 )
+from ._redact import Redactor
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicLLM", "build_messages"]
 

@@ -2,13 +2,13 @@
 
 One attempt is one ``POST {base_url}/models/{model}:streamGenerateContent?alt=sse`` with the
 key in the ``x-goog-api-key`` header (never in the URL, where proxies and access logs would
-keep it). The body is read exactly as :mod:`trio_llmstream.providers.openai` reads its own —
+keep it). The body is read exactly as :mod:`trio_llmstream.providers._http` reads every body —
 raw transport reads, identity encoding requested, bounded inflation, windows, the quiet-bytes
 bound, early exit without reading on — and fed to :class:`GeminiStreamParser`, which adds what
 Gemini needs on top of the SSE framing: a stream is complete only when every candidate has a
 ``finishReason`` (there is no ``[DONE]``), and an error object after some frames, framed or
 raw, is a ``ProviderError`` (see ``_core/_gemini.py``). httpx exceptions are translated by the
-one boundary, :func:`~trio_llmstream.providers.openai.translate_httpx_error`.
+one boundary, :func:`~trio_llmstream.providers._http.translate_httpx_error`.
 
 The request. ``ChatContext`` messages become ``contents``: system messages are joined into
 ``systemInstruction``; user messages are ``user`` turns; assistant messages are ``model`` turns
@@ -48,8 +48,7 @@ from .._core._gemini import GeminiStreamParser, gemini_error
 from .._exceptions import APIError, APIStatusError, StreamProtocolError
 from .._llm import LLM, AttemptInfo, ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice, ProviderItem
-from ._redact import Redactor
-from .openai import (
+from ._http import (
     EVENT_STREAM_TYPES,
     _body_decoder,
     _media_type,
@@ -60,6 +59,7 @@ from .openai import (
     pump_body,
     read_error_body,
 )
+from ._redact import Redactor
 
 __all__ = ["GeminiLLM"]
 

@@ -48,10 +48,8 @@ import msgspec
 from .._core._responses import PROVIDER, ResponsesParser
 from .._llm import ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice, ProviderItem
-from .openai import (
-    OpenAILLM,
-    pump_body,
-)
+from ._http import pump_body
+from .openai import OpenAILLM
 
 __all__ = ["OpenAIResponsesLLM"]
 
