@@ -60,13 +60,14 @@ from .._exceptions import (
     APITimeoutError,
     StreamProtocolError,
 )
-from .._llm import ChunkEmitter
-from .._models import ChatChunk
+from .._llm import LLM, AttemptInfo, ChunkEmitter
+from .._models import ChatChunk, ChatRequest
 from .._options import Timeouts
 from ._redact import Redactor
 
 __all__ = [
     "BodyParser",
+    "StreamingHTTPLLM",
     "not_a_stream_error",
     "parse_retry_after",
     "post_streaming",
@@ -561,3 +562,111 @@ async def not_a_stream_error(
         retryable=False,
         request_id=request_id,
     )
+
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+class StreamingHTTPLLM(LLM):
+    """What every HTTP provider's attempt is: one POST to ``_url``, its response judged and its
+    body pumped into the protocol's parser, every exception scrubbed of the key on the way out.
+
+    A provider sets ``_url``, ``_headers`` and ``_redactor`` and calls :meth:`_use_client` in
+    its constructor, and supplies :meth:`build_body` (or :meth:`encode_body`), :meth:`_parser`,
+    :meth:`_status_error` and :meth:`_json_instead_of_stream`; ``request_id_headers`` names
+    the response headers that carry its request id (the first present wins).
+    """
+
+    request_id_headers: tuple[str, ...] = ("x-request-id",)
+
+    _url: str
+    _headers: dict[str, str]
+    _redactor: Redactor
+    _client: httpx.AsyncClient
+    _owns_client: bool
+
+    def _use_client(self, http_client: httpx.AsyncClient | None) -> None:
+        # A caller's client is used as given and never closed here; our own has no
+        # connection cap (streams are long) and keeps 100 idle connections.
+        self._owns_client = http_client is None
+        self._client = http_client or httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100)
+        )
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this provider created it (not a caller's). Idempotent."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    def build_body(self, request: ChatRequest) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode_body(self, request: ChatRequest) -> bytes:
+        """The bytes of one attempt's JSON body (``msgspec.Raw`` values in it spliced verbatim)."""
+        return _encode_json(self.build_body(request))
+
+    def _parser(self) -> BodyParser:  # pragma: no cover - abstract
+        """A fresh parser for one response body."""
+        raise NotImplementedError
+
+    async def _status_error(
+        self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None
+    ) -> APIError:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def _json_instead_of_stream(
+        self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None
+    ) -> APIError:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def run_attempt(
+        self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
+    ) -> None:
+        """One POST, streamed into ``emit``.
+
+        ``attempt.timeouts.connect`` bounds connecting and sending (httpx's timeouts);
+        ``attempt.timeouts.headers`` bounds the time until the response headers arrive
+        (``APITimeoutError("headers")``). Every exception leaving here has the API key
+        redacted from all upstream-supplied text (see :mod:`._redact`). Cancellation closes the
+        response and its connection at once, and reads nothing more.
+        """
+        try:
+            content = self.encode_body(request)
+
+            async def read(response: httpx.Response, reads: AsyncIterator[bytes]) -> None:
+                await self._read(response, reads, emit)
+
+            await post_streaming(
+                self._client, self._url, content, self._headers, attempt.timeouts, read
+            )
+        except Exception as exc:
+            # The one boundary: whatever the upstream said (status bodies, in-stream errors
+            # built by the parser, headers, httpx's own messages) is scrubbed here, in place,
+            # before the runtime logs, retries, records or relays it.
+            self._redactor.scrub_exception(exc)
+            raise
+
+    async def _read(
+        self, response: httpx.Response, reads: AsyncIterator[bytes], emit: ChunkEmitter
+    ) -> None:
+        headers = response.headers
+        request_id = None
+        for name in self.request_id_headers:
+            request_id = headers.get(name)
+            if request_id:
+                break
+        if response.status_code >= 300:
+            raise await self._status_error(response, reads, request_id)
+        media_type = _media_type(headers)
+        if media_type == "application/json" or media_type.endswith("+json"):
+            raise await self._json_instead_of_stream(response, reads, request_id)
+        if media_type not in EVENT_STREAM_TYPES:
+            raise await not_a_stream_error(response, reads, self._redactor, request_id)
+        await pump_body(self._parser(), reads, _body_decoder(headers), emit, request_id)
+
+    async def _bounded_body(self, response: httpx.Response, reads: AsyncIterator[bytes]) -> bytes:
+        return await read_error_body(response, reads, self._redactor)

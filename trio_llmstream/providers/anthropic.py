@@ -37,7 +37,7 @@ point, which the runtime decides); a body ending before ``message_stop`` a
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -50,19 +50,12 @@ from .._exceptions import (
     ProviderError,
     StreamProtocolError,
 )
-from .._llm import LLM, AttemptInfo, ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
 from ._http import (
-    EVENT_STREAM_TYPES,
-    _body_decoder,
+    StreamingHTTPLLM,
     _error_message,
-    _media_type,
     _should_retry,
-    not_a_stream_error,
     parse_retry_after,
-    post_streaming,
-    pump_body,
-    read_error_body,
 )
 from ._redact import Redactor
 
@@ -74,7 +67,6 @@ ANTHROPIC_VERSION = "2023-06-01"
 PROVIDER = "anthropic"
 _REPLAYED_KINDS = frozenset({"thinking", "redacted_thinking"})
 
-_encoder = msgspec.json.Encoder()
 _decode_any = msgspec.json.Decoder().decode
 _JSON_ERRORS = (msgspec.MsgspecError, RecursionError, ValueError, OverflowError)
 
@@ -148,7 +140,7 @@ def build_messages(messages: tuple[ChatMessage, ...]) -> tuple[str | None, list[
     return ("\n\n".join(system) if system else None), out
 
 
-class AnthropicLLM(LLM):
+class AnthropicLLM(StreamingHTTPLLM):
     """Streams from Anthropic's Messages API (``POST {base_url}/v1/messages``).
 
     ``api_key`` falls back to ``$ANTHROPIC_API_KEY`` and is sent as ``x-api-key`` with
@@ -161,6 +153,8 @@ class AnthropicLLM(LLM):
     """
 
     otel_provider_name = "anthropic"
+
+    request_id_headers = ("request-id", "x-request-id")
 
     def __init__(
         self,
@@ -198,27 +192,15 @@ class AnthropicLLM(LLM):
         self._headers.update(extra_headers or {})
         self._redactor = Redactor(key or None)
         self._extra_body = dict(extra_body or {})
-        self._owns_client = http_client is None
-        self._client = http_client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100)
-        )
+        self._use_client(http_client)
 
     def __repr__(self) -> str:
         auth = "set" if "x-api-key" in self._headers else "none"
         return f"AnthropicLLM(model={self.model!r}, base_url={self.base_url!r}, api_key={auth})"
 
-    @property
-    def http_client(self) -> httpx.AsyncClient:
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this provider created it (not a caller's). Idempotent."""
-        if self._owns_client:
-            await self._client.aclose()
-
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body of one attempt. Replayed items are ``msgspec.Raw`` values, spliced
-        verbatim when the body is encoded (see :meth:`encode_body`)."""
+        verbatim when the body is encoded (``encode_body``, msgspec)."""
         if request.n not in (None, 1):
             raise APIError(
                 f"Anthropic Messages makes one choice per request, not n={request.n}",
@@ -262,63 +244,8 @@ class AnthropicLLM(LLM):
         body.update(request.extra)
         return body
 
-    def encode_body(self, request: ChatRequest) -> bytes:
-        """The request body's bytes (stored items and tool inputs spliced in verbatim)."""
-        return _encoder.encode(self.build_body(request))
-
-    async def run_attempt(
-        self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
-    ) -> None:
-        """One POST, streamed into ``emit``.
-
-        ``attempt.timeouts.connect`` bounds connecting and sending; ``attempt.timeouts.headers``
-        the wait for the response headers (``APITimeoutError("headers")``). Every exception
-        leaving here has the API key redacted from all upstream text. Cancellation closes the
-        response and its connection at once and reads nothing more.
-        """
-        try:
-            await self._attempt(request, attempt, emit)
-        except Exception as exc:
-            self._redactor.scrub_exception(exc)
-            raise
-
-    async def _attempt(
-        self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
-    ) -> None:
-        content = self.encode_body(request)
-
-        async def read(response: httpx.Response, reads: AsyncIterator[bytes]) -> None:
-            await self._read(response, reads, emit)
-
-        await post_streaming(
-            self._client, self._url, content, self._headers, attempt.timeouts, read
-        )
-
-    async def _read(
-        self, response: httpx.Response, reads: AsyncIterator[bytes], emit: ChunkEmitter
-    ) -> None:
-        headers = response.headers
-        request_id = headers.get("request-id") or headers.get("x-request-id")
-        if response.status_code >= 300:
-            raise await self._status_error(response, reads, request_id)
-        media_type = _media_type(headers)
-        if media_type == "application/json" or media_type.endswith("+json"):
-            raise await self._json_instead_of_stream(response, reads, request_id)
-        if media_type not in EVENT_STREAM_TYPES:
-            raise await not_a_stream_error(response, reads, self._redactor, request_id)
-        await self._stream_body(reads, _body_decoder(headers), emit, request_id)
-
-    async def _stream_body(
-        self,
-        reads: AsyncIterator[bytes],
-        decode: Callable[[bytes], Iterator[bytes]],
-        emit: ChunkEmitter,
-        request_id: str | None,
-    ) -> None:
-        await pump_body(AnthropicParser(), reads, decode, emit, request_id)
-
-    async def _bounded_body(self, response: httpx.Response, reads: AsyncIterator[bytes]) -> bytes:
-        return await read_error_body(response, reads, self._redactor)
+    def _parser(self) -> AnthropicParser:
+        return AnthropicParser()
 
     async def _status_error(
         self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None

@@ -38,7 +38,7 @@ import math
 import os
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 
 import httpx
@@ -46,18 +46,11 @@ import msgspec
 
 from .._core._gemini import GeminiStreamParser, gemini_error
 from .._exceptions import APIError, APIStatusError, StreamProtocolError
-from .._llm import LLM, AttemptInfo, ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice, ProviderItem
 from ._http import (
-    EVENT_STREAM_TYPES,
-    _body_decoder,
-    _media_type,
+    StreamingHTTPLLM,
     _should_retry,
-    not_a_stream_error,
     parse_retry_after,
-    post_streaming,
-    pump_body,
-    read_error_body,
 )
 from ._redact import Redactor
 
@@ -66,7 +59,6 @@ __all__ = ["GeminiLLM"]
 DEFAULT_BASE_URL: Final = "https://generativelanguage.googleapis.com/v1beta"
 MAX_ERROR_BODY: Final = 64 * 1024
 _GENERATED_ID = re.compile(r"call_\d+")
-_encoder = msgspec.json.Encoder()
 _decode_any = msgspec.json.Decoder().decode
 _TOOL_MODES: Final = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 
@@ -223,7 +215,7 @@ def _retry_delay(error: Mapping[str, Any]) -> float | None:
     return None
 
 
-class GeminiLLM(LLM):
+class GeminiLLM(StreamingHTTPLLM):
     """Streams from Google Gemini's ``streamGenerateContent`` with ``alt=sse``.
 
     ``api_key`` falls back to ``$GEMINI_API_KEY``, then ``$GOOGLE_API_KEY``; it is sent in the
@@ -233,7 +225,8 @@ class GeminiLLM(LLM):
     ``async with``. ``include_thoughts`` asks for thought summaries (streamed as
     ``reasoning``); ``max_output_tokens`` sets ``generationConfig.maxOutputTokens``;
     ``extra_headers`` and ``extra_body`` are added to every request (``extra_body`` and a
-    request's ``extra`` at the top level of the body).
+    request's ``extra`` at the top level of the body). An attempt returns normally only when
+    every candidate has finished (Gemini has no ``[DONE]``).
     """
 
     otel_provider_name = "gcp.gemini"
@@ -278,28 +271,16 @@ class GeminiLLM(LLM):
         self._include_thoughts = include_thoughts
         self._max_output_tokens = max_output_tokens
         self._extra_body = dict(extra_body or {})
-        self._owns_client = http_client is None
-        self._client = http_client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100)
-        )
+        self._use_client(http_client)
 
     def __repr__(self) -> str:
         auth = "set" if "x-goog-api-key" in self._headers else "none"
         return f"GeminiLLM(model={self.model!r}, base_url={self.base_url!r}, api_key={auth})"
 
     @property
-    def http_client(self) -> httpx.AsyncClient:
-        return self._client
-
-    @property
     def url(self) -> str:
         """The endpoint every attempt POSTs to (no secret in it)."""
         return self._url
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this provider created it (not a caller's). Idempotent."""
-        if self._owns_client:
-            await self._client.aclose()
 
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body of one attempt (values may be ``msgspec.Raw``: exact JSON text)."""
@@ -343,60 +324,8 @@ class GeminiLLM(LLM):
         body.update(request.extra)
         return body
 
-    async def run_attempt(
-        self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
-    ) -> None:
-        """One POST, streamed into ``emit``.
-
-        ``attempt.timeouts.connect`` bounds connecting and sending; ``attempt.timeouts.headers``
-        the wait for the response headers (``APITimeoutError("headers")``). Returns normally
-        only when every candidate finished. Every exception leaving here has the API key
-        redacted. Cancellation closes the response and its connection at once and reads
-        nothing more.
-        """
-        try:
-            await self._attempt(request, attempt, emit)
-        except Exception as exc:
-            self._redactor.scrub_exception(exc)
-            raise
-
-    async def _attempt(
-        self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
-    ) -> None:
-        content = _encoder.encode(self.build_body(request))
-
-        async def read(response: httpx.Response, reads: AsyncIterator[bytes]) -> None:
-            await self._read(response, reads, emit)
-
-        await post_streaming(
-            self._client, self._url, content, self._headers, attempt.timeouts, read
-        )
-
-    async def _read(
-        self, response: httpx.Response, reads: AsyncIterator[bytes], emit: ChunkEmitter
-    ) -> None:
-        headers = response.headers
-        request_id = headers.get("x-request-id")
-        if response.status_code >= 300:
-            raise await self._status_error(response, reads, request_id)
-        media_type = _media_type(headers)
-        if media_type == "application/json" or media_type.endswith("+json"):
-            raise await self._json_instead_of_stream(response, reads, request_id)
-        if media_type not in EVENT_STREAM_TYPES:
-            raise await not_a_stream_error(response, reads, self._redactor, request_id)
-        await self._stream_body(reads, _body_decoder(headers), emit, request_id)
-
-    async def _stream_body(
-        self,
-        reads: AsyncIterator[bytes],
-        decode: Callable[[bytes], Iterator[bytes]],
-        emit: ChunkEmitter,
-        request_id: str | None,
-    ) -> None:
-        await pump_body(GeminiStreamParser(), reads, decode, emit, request_id)
-
-    async def _bounded_body(self, response: httpx.Response, reads: AsyncIterator[bytes]) -> bytes:
-        return await read_error_body(response, reads, self._redactor)
+    def _parser(self) -> GeminiStreamParser:
+        return GeminiStreamParser()
 
     async def _status_error(
         self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None

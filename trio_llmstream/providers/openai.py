@@ -18,33 +18,25 @@ server speaking the same wire format.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
-import msgspec
 
 from .._core._openai import ChatCompletionParser
 from .._exceptions import APIError, APIStatusError, ProviderError, StreamProtocolError
-from .._llm import LLM, AttemptInfo, ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice
 from ._http import (
-    EVENT_STREAM_TYPES,
-    _body_decoder,
+    BodyParser,
+    StreamingHTTPLLM,
     _error_message,
-    _media_type,
     _should_retry,
-    not_a_stream_error,
     parse_retry_after,
-    post_streaming,
-    pump_body,
-    read_error_body,
 )
 from ._redact import Redactor
 
 __all__ = ["OpenAILLM"]
 
-_encoder = msgspec.json.Encoder()
 
 
 def _quota_exhausted(parsed: object) -> bool:
@@ -87,7 +79,7 @@ def _wire_message(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
-class OpenAILLM(LLM):
+class OpenAILLM(StreamingHTTPLLM):
     """Streams chat completions from an OpenAI-compatible ``/chat/completions`` endpoint.
 
     ``api_key`` falls back to ``$OPENAI_API_KEY``; without either no Authorization header is
@@ -137,24 +129,12 @@ class OpenAILLM(LLM):
         self._redactor = Redactor(key or None)
         self._extra_body = dict(extra_body or {})
         self._include_usage = include_usage
-        self._owns_client = http_client is None
-        self._client = http_client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100)
-        )
+        self._use_client(http_client)
 
     def __repr__(self) -> str:
         # Never the key; only whether one is set.
         auth = "set" if "authorization" in self._headers else "none"
         return f"OpenAILLM(model={self.model!r}, base_url={self.base_url!r}, api_key={auth})"
-
-    @property
-    def http_client(self) -> httpx.AsyncClient:
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this provider created it (not a caller's). Idempotent."""
-        if self._owns_client:
-            await self._client.aclose()
 
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body of one attempt."""
@@ -196,64 +176,8 @@ class OpenAILLM(LLM):
         body.update(request.extra)
         return body
 
-    async def run_attempt(
-        self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
-    ) -> None:
-        """One POST, streamed into ``emit``.
-
-        ``attempt.timeouts.connect`` bounds connecting and sending (httpx's timeouts);
-        ``attempt.timeouts.headers`` bounds the time until the response headers arrive
-        (``APITimeoutError("headers")``). Every exception leaving here has the API key
-        redacted from all upstream-supplied text (see :mod:`._redact`). Cancellation closes the
-        response and its connection at once, and reads nothing more.
-        """
-        try:
-            await self._attempt(request, attempt, emit)
-        except Exception as exc:
-            # The one boundary: whatever the upstream said (status bodies, in-stream errors
-            # built by the parser, headers, httpx's own messages) is scrubbed here, in place,
-            # before the runtime logs, retries, records or relays it.
-            self._redactor.scrub_exception(exc)
-            raise
-
-    async def _attempt(
-        self, request: ChatRequest, attempt: AttemptInfo, emit: ChunkEmitter
-    ) -> None:
-        content = _encoder.encode(self.build_body(request))
-
-        async def read(response: httpx.Response, reads: AsyncIterator[bytes]) -> None:
-            await self._read(response, reads, emit)
-
-        await post_streaming(
-            self._client, self._url, content, self._headers, attempt.timeouts, read
-        )
-
-    async def _read(
-        self, response: httpx.Response, reads: AsyncIterator[bytes], emit: ChunkEmitter
-    ) -> None:
-        headers = response.headers
-        request_id = headers.get("x-request-id")
-        if response.status_code >= 300:
-            raise await self._status_error(response, reads, request_id)
-        media_type = _media_type(headers)
-        if media_type == "application/json" or media_type.endswith("+json"):
-            raise await self._json_instead_of_stream(response, reads, request_id)
-        if media_type not in EVENT_STREAM_TYPES:
-            raise await self._not_a_stream(response, reads, request_id)
-        decode = _body_decoder(headers)
-        await self._stream_body(reads, decode, emit, request_id)
-
-    async def _stream_body(
-        self,
-        reads: AsyncIterator[bytes],
-        decode: Callable[[bytes], Iterator[bytes]],
-        emit: ChunkEmitter,
-        request_id: str | None,
-    ) -> None:
-        await pump_body(ChatCompletionParser(), reads, decode, emit, request_id)
-
-    async def _bounded_body(self, response: httpx.Response, reads: AsyncIterator[bytes]) -> bytes:
-        return await read_error_body(response, reads, self._redactor)
+    def _parser(self) -> BodyParser:
+        return ChatCompletionParser()
 
     async def _status_error(
         self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None
@@ -286,8 +210,3 @@ class OpenAILLM(LLM):
             f"expected text/event-stream, got application/json: {message[:200]}",
             request_id=request_id,
         )
-
-    async def _not_a_stream(
-        self, response: httpx.Response, reads: AsyncIterator[bytes], request_id: str | None
-    ) -> APIError:
-        return await not_a_stream_error(response, reads, self._redactor, request_id)

@@ -39,16 +39,15 @@ The request
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import httpx
 import msgspec
 
 from .._core._responses import PROVIDER, ResponsesParser
-from .._llm import ChunkEmitter
 from .._models import ChatMessage, ChatRequest, LLMCapabilities, NamedToolChoice, ProviderItem
-from ._http import pump_body
+from ._http import BodyParser
 from .openai import OpenAILLM
 
 __all__ = ["OpenAIResponsesLLM"]
@@ -202,6 +201,9 @@ class OpenAIResponsesLLM(OpenAILLM):
             f"api_key={auth})"
         )
 
+    def _parser(self) -> BodyParser:
+        return ResponsesParser()
+
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body of one attempt."""
         if request.n is not None and request.n != 1:
@@ -242,13 +244,3 @@ class OpenAIResponsesLLM(OpenAILLM):
         body.update(self._extra_body)
         body.update(request.extra)
         return body
-
-    async def _stream_body(
-        self,
-        reads: AsyncIterator[bytes],
-        decode: Callable[[bytes], Iterator[bytes]],
-        emit: ChunkEmitter,
-        request_id: str | None,
-    ) -> None:
-        await pump_body(ResponsesParser(), reads, decode, emit, request_id)
-
