@@ -110,7 +110,7 @@ from ._openai import (
     _json_text,
     _reason,
 )
-from ._parser import EventStreamParser
+from ._parser import AssemblerView, EventStreamParser
 from ._sse import WINDOW, ServerSentEvent
 
 __all__ = [
@@ -885,7 +885,7 @@ def _usage(u: _WireUsage, source: UsageSource) -> CompletionUsage:
 # -- the bytes level ------------------------------------------------------------------------------
 
 
-class GeminiStreamParser:
+class GeminiStreamParser(AssemblerView):
     """Bytes of a Gemini ``alt=sse`` body -> ``ChatChunk``s.
 
     The shared :class:`EventStreamParser` (SSE decoder + :class:`GeminiAssembler`) plus an
@@ -920,6 +920,8 @@ class GeminiStreamParser:
         "unframed",
     )
 
+    assembler: GeminiAssembler
+
     def __init__(
         self,
         *,
@@ -946,26 +948,6 @@ class GeminiStreamParser:
         self._pending = b""  # shortcut: the bytes after the last block boundary
         # A piece at most this long is within both SSE bounds.
         self._limit = min(max_line_size, max_event_size)
-
-    @property
-    def finished(self) -> bool:
-        return self.assembler.finished
-
-    @property
-    def error(self) -> APIError | None:
-        return self.assembler.error
-
-    @property
-    def progress(self) -> int:
-        return self.assembler.progress
-
-    @property
-    def usage(self) -> CompletionUsage | None:
-        return self.assembler.usage
-
-    @property
-    def request_id(self) -> str | None:
-        return self.assembler.request_id
 
     @property
     def finish_reasons(self) -> dict[int, str]:

@@ -70,7 +70,7 @@ from .._exceptions import APIError
 from .._models import ChatChunk, CompletionUsage
 from ._sse import WINDOW, EventStreamDecoder, ServerSentEvent
 
-__all__ = ["EventAssembler", "EventStreamParser", "PayloadAssembler"]
+__all__ = ["AssemblerView", "EventAssembler", "EventStreamParser", "PayloadAssembler"]
 
 
 class EventAssembler(Protocol):
@@ -131,7 +131,36 @@ def _no_payloads(payloads: Iterable[bytes | bytearray], out: list[ChatChunk]) ->
     raise AssertionError("the framing shortcut ran for an assembler without feed_payloads")
 
 
-class EventStreamParser:
+class AssemblerView:
+    """A parser's ``finished``, ``error``, ``progress``, ``usage`` and ``request_id``: its
+    assembler's (for every parser that drives one)."""
+
+    __slots__ = ()
+
+    assembler: EventAssembler
+
+    @property
+    def finished(self) -> bool:
+        return self.assembler.finished
+
+    @property
+    def error(self) -> APIError | None:
+        return self.assembler.error
+
+    @property
+    def progress(self) -> int:
+        return self.assembler.progress
+
+    @property
+    def usage(self) -> CompletionUsage | None:
+        return self.assembler.usage
+
+    @property
+    def request_id(self) -> str | None:
+        return self.assembler.request_id
+
+
+class EventStreamParser(AssemblerView):
     """Bytes of an event-stream body -> ``ChatChunk``s, through a protocol's assembler.
 
     Owns an :class:`EventStreamDecoder` (``decoder``) and drives ``assembler``; takes the
@@ -203,26 +232,6 @@ class EventStreamParser:
         # and ``payloads`` takes the data of lone "data: " blocks.
         self._fast = True
         self._payloads = payloads
-
-    @property
-    def finished(self) -> bool:
-        return self.assembler.finished
-
-    @property
-    def error(self) -> APIError | None:
-        return self.assembler.error
-
-    @property
-    def progress(self) -> int:
-        return self.assembler.progress
-
-    @property
-    def usage(self) -> CompletionUsage | None:
-        return self.assembler.usage
-
-    @property
-    def request_id(self) -> str | None:
-        return self.assembler.request_id
 
     def feed(self, data: bytes) -> list[ChatChunk]:
         """Process the next read of the body; return the chunks it completes, in order.
