@@ -106,15 +106,7 @@ class Pipe(Generic[T]):
 
         Returns the position just past ``items``, for :meth:`taken`.
         """
-        if self._closed:
-            raise trio.ClosedResourceError("the pipe is closed")
-        self._items += items
-        self._bytes += nbytes
-        self._put += len(items)
-        task = self._consumer
-        if task is not None:
-            self._consumer = None
-            trio.lowlevel.reschedule(task)
+        self.offer(items, nbytes)
         return self._put
 
     def offer(self, items: Sequence[T], nbytes: int) -> bool:
